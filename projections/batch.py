@@ -1,0 +1,81 @@
+"""The pending rows of one batch: loaded before folding, changed in memory, written at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from projections.tables import ENTITY_TABLES
+
+Row = dict[str, Any]
+Key = str | tuple[str, str]
+
+
+def blank_row(table: sa.Table) -> Row:
+    """A row of `table` with every column at its empty value."""
+    row: Row = {column.name: None for column in table.columns}
+    if "attributes" in row:
+        row["attributes"] = {}
+    if "version" in row:
+        row["version"] = 0
+    if "participant_count" in row:
+        row["participant_count"] = 0
+    if "active" in row:
+        row["active"] = False
+    return row
+
+
+@dataclass
+class Pending:
+    """Rows of the batch by table and key; `None` records a row known not to exist."""
+
+    rows: dict[str, dict[Key, Row | None]] = field(
+        default_factory=lambda: {t.name: {} for t in ENTITY_TABLES}
+    )
+    original: dict[str, dict[Key, Row | None]] = field(
+        default_factory=lambda: {t.name: {} for t in ENTITY_TABLES}
+    )
+    dirty: dict[str, set[Key]] = field(
+        default_factory=lambda: {t.name: set() for t in ENTITY_TABLES}
+    )
+
+    def loaded(self, table: str, key: Key) -> bool:
+        """True when the row (or its absence) is already known to the batch."""
+        return key in self.rows[table]
+
+    def remember(self, table: str, key: Key, row: Row | None) -> None:
+        """Record a row as read from the database before any event of the batch."""
+        self.rows[table][key] = row
+        self.original[table][key] = None if row is None else dict(row)
+
+    def get(self, table: str, key: Key) -> Row | None:
+        """The current pending row, or None if it does not exist (it must have been loaded)."""
+        return self.rows[table][key]
+
+    def upsert(self, table: sa.Table, key: Key) -> tuple[Row, bool]:
+        """The pending row for key, created blank when missing; second value: it is new."""
+        rows = self.rows[table.name]
+        row = rows[key]
+        created = row is None
+        if row is None:
+            row = blank_row(table)
+            for column, value in zip(table.primary_key.columns, _key_parts(key), strict=True):
+                row[column.name] = value
+            rows[key] = row
+        self.dirty[table.name].add(key)
+        return row, created
+
+    def touch(self, table: str, key: Key) -> None:
+        """Mark an existing row as changed."""
+        self.dirty[table].add(key)
+
+    def changed_rows(self, table: str) -> list[Row]:
+        """The rows of `table` the batch changed, in a stable order."""
+        rows = self.rows[table]
+        return [r for k in sorted(self.dirty[table]) if (r := rows[k]) is not None]
+
+
+def _key_parts(key: Key) -> tuple[str, ...]:
+    return key if isinstance(key, tuple) else (key,)

@@ -1,0 +1,100 @@
+"""Settings: flags first, then PROJECTIONS_* environment variables, then defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from projections.errors import ConfigurationError
+
+DEFAULT_DATABASE_URL = "sqlite:///projections.db"
+DEFAULT_BATCH_SIZE = 5_000
+NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".json", ".gz")
+
+
+class VersionMode(StrEnum):
+    """How the envelope's `version` is read (SPEC §4)."""
+
+    sequence = "sequence"
+    none = "none"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one run of a verb needs to know."""
+
+    database_url: URL
+    batch_size: int = DEFAULT_BATCH_SIZE
+    version_mode: VersionMode = VersionMode.sequence
+    strict: bool = False
+
+    @property
+    def is_postgres(self) -> bool:
+        """True when the read model lives in PostgreSQL."""
+        return self.database_url.get_backend_name() == "postgresql"
+
+
+def database_url(flag: str | None) -> URL:
+    """Resolve the database URL from the flag, the environment or the embedded default."""
+    raw = flag or os.environ.get("PROJECTIONS_DATABASE_URL") or DEFAULT_DATABASE_URL
+    return normalise_url(raw)
+
+
+def normalise_url(raw: str) -> URL:
+    """Turn a user's URL into one SQLAlchemy can open with the drivers we ship."""
+    if raw.startswith("postgres://"):
+        raw = "postgresql://" + raw[len("postgres://") :]
+    try:
+        url = make_url(raw)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"not a database URL: {raw!r}") from exc
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        return url.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        if url.drivername != "sqlite":
+            raise ConfigurationError(
+                f"unsupported SQLite driver {url.drivername!r}; use sqlite:///"
+            )
+        return url
+    raise ConfigurationError(
+        f"unsupported database {backend!r}: use sqlite:///PATH or postgresql://USER@HOST/DB"
+    )
+
+
+def env_int(name: str, default: int) -> int:
+    """Read a positive integer setting from the environment."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from exc
+    if value < 1:
+        raise ConfigurationError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def is_db_source(source: str) -> bool:
+    """True when SRC names the database event log rather than a file."""
+    return source == "db"
+
+
+def ndjson_path(source: str) -> Path:
+    """Validate an NDJSON source path given on the command line."""
+    path = Path(source)
+    if not path.name.endswith(NDJSON_SUFFIXES):
+        raise ConfigurationError(
+            f"source {source!r} is neither 'db' nor an NDJSON file (.ndjson, .jsonl, .gz)"
+        )
+    if not path.exists():
+        raise ConfigurationError(f"source file not found: {source}")
+    if not path.is_file():
+        raise ConfigurationError(f"source is not a regular file: {source}")
+    return path

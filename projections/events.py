@@ -1,0 +1,340 @@
+"""Decoding and validation of one log line into an Event, an Unknown or an Invalid (SPEC §1-§3)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from projections.schema import (
+    CHANNEL_KINDS,
+    CONVERSATION_STATUSES,
+    EVENT_FAMILY,
+    EVENT_FIELDS,
+    FAMILIES,
+    PROVIDER_KINDS,
+    Family,
+    FieldRule,
+)
+
+MAX_LINE_BYTES: Final = 1024 * 1024
+MAX_DEPTH: Final = 64
+MAX_EVENT_ID: Final = 128
+
+_OCCURRED_AT = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:Z|\+00:00)\Z"
+)
+_AGGREGATE_TYPES: Final = {f.aggregate_type.lower(): f.aggregate_type for f in FAMILIES}
+_FORBIDDEN_CHANGES: Final = ("customer_id", "status")
+
+
+@dataclass(slots=True)
+class Event:
+    """A valid event of one of the 21 known names, ready to be folded."""
+
+    position: int
+    name: str
+    event_id: str
+    family: Family
+    aggregate_id: str
+    occurred_at: datetime
+    version: int
+    idempotency_key: str | None
+    fields: dict[str, Any]
+    changes: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Unknown:
+    """A well-formed envelope whose event_name is not one of ours (SPEC §3)."""
+
+    position: int
+    name: str
+    event_id: str
+
+
+@dataclass(slots=True)
+class Invalid:
+    """A line that breaks a rule of SPEC §1 or §2, on its way to quarantine."""
+
+    position: int
+    reason: str
+    message: str
+    raw: str
+    event_id: str | None = None
+    event_name: str | None = None
+
+
+Decoded = Event | Unknown | Invalid
+
+
+class _Reject(Exception):
+    """Internal: one validation rule failed."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def storable_text(line: bytes) -> str:
+    """Make raw input storable in any text column: invalid bytes replaced, NUL escaped."""
+    text = line.decode("utf-8", errors="backslashreplace")
+    if "\x00" in text:
+        text = text.replace("\x00", "\\u0000")
+    # Lone surrogates cannot be encoded by PostgreSQL or SQLite drivers.
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+
+
+def decode(position: int, line: bytes, *, strict: bool = False) -> Decoded:
+    """Decode and validate one line; never raises for bad input."""
+    if len(line) > MAX_LINE_BYTES:
+        return _invalid(position, line, "line_too_long", f"line is {len(line)} bytes, over 1 MiB")
+    try:
+        document = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return _invalid(position, line, *_json_error(exc))
+    except RecursionError:
+        return _invalid(position, line, "too_deep", f"nesting deeper than {MAX_DEPTH}")
+    if not isinstance(document, dict):
+        kind = type(document).__name__
+        return _invalid(position, line, "not_an_object", f"a JSON {kind}, not an object")
+    if _needs_deep_check(line):
+        problem = _scan(document)
+        if problem is not None:
+            return _invalid(position, line, *problem, document=document)
+    try:
+        return _validate(position, document, strict=strict)
+    except _Reject as reject:
+        return _invalid(position, line, reject.reason, reject.message, document=document)
+
+
+def _invalid(
+    position: int,
+    line: bytes,
+    reason: str,
+    message: str,
+    *,
+    document: dict[str, Any] | None = None,
+) -> Invalid:
+    event_id = event_name = None
+    if document is not None:
+        event_id = _readable(document.get("event_id"), MAX_EVENT_ID)
+        event_name = _readable(document.get("event_name"), 200)
+    return Invalid(position, reason, message, storable_text(line), event_id, event_name)
+
+
+def _readable(value: Any, limit: int) -> str | None:
+    if isinstance(value, str) and value and "\x00" not in value:
+        return value[:limit]
+    return None
+
+
+def _json_error(exc: orjson.JSONDecodeError) -> tuple[str, str]:
+    text = str(exc)
+    if "not valid UTF-8" in text:
+        return "invalid_utf8", "line is not valid UTF-8"
+    if "surrogate" in text:
+        return "lone_surrogate", "a string holds a lone UTF-16 surrogate"
+    if "recursion" in text:
+        return "too_deep", f"nesting deeper than {MAX_DEPTH}"
+    return "invalid_json", f"not valid JSON: {text}"
+
+
+def _needs_deep_check(line: bytes) -> bool:
+    # Cheap pre-filters: only lines that could hold a NUL or deep nesting are walked.
+    return b"\\u0000" in line or line.count(b"{") + line.count(b"[") > MAX_DEPTH
+
+
+def _scan(document: Any) -> tuple[str, str] | None:
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return "too_deep", f"nesting deeper than {MAX_DEPTH}"
+        if isinstance(value, str):
+            if "\x00" in value:
+                return "nul_character", "a string holds a NUL character"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    return "nul_character", "a key holds a NUL character"
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+    return None
+
+
+def _validate(position: int, doc: dict[str, Any], *, strict: bool) -> Decoded:
+    name = _required_text(doc, "event_name", "invalid_event_name")
+    event_id = _required_text(doc, "event_id", "invalid_event_id")
+    if len(event_id) > MAX_EVENT_ID:
+        raise _Reject("invalid_event_id", f"event_id is over {MAX_EVENT_ID} characters")
+    aggregate_type = _required_text(doc, "aggregate_type", "invalid_aggregate_type")
+    aggregate_id = _required_text(doc, "aggregate_id", "invalid_aggregate_id")
+    occurred_at = parse_occurred_at(doc.get("occurred_at", _MISSING))
+    actor = doc.get("actor", _MISSING)
+    if actor is _MISSING:
+        raise _Reject("missing_field", "actor is missing")
+    if not ((isinstance(actor, str) and actor) or isinstance(actor, dict)):
+        raise _Reject("invalid_actor", "actor must be a non-empty string or an object")
+    version = doc.get("version", _MISSING)
+    if version is _MISSING:
+        raise _Reject("missing_field", "version is missing")
+    if type(version) is not int or version < 1:
+        raise _Reject("invalid_version", f"version must be an integer >= 1, got {version!r}")
+    key = doc.get("idempotency_key")
+    if key is not None and not (isinstance(key, str) and key):
+        raise _Reject("invalid_idempotency_key", "idempotency_key must be a non-empty string")
+
+    family = EVENT_FAMILY.get(name)
+    if family is None:
+        if strict:
+            raise _Reject("unknown_event", f"unknown event_name {name!r} (strict mode)")
+        return Unknown(position, name, event_id)
+    if _AGGREGATE_TYPES.get(aggregate_type.lower()) != family.aggregate_type:
+        raise _Reject(
+            "aggregate_type_mismatch",
+            f"{name} belongs to {family.aggregate_type}, not {aggregate_type!r}",
+        )
+    payload = _payload(doc)
+    fields = _fields(name, payload)
+    if fields[family.id_field] != aggregate_id:
+        raise _Reject(
+            "aggregate_id_mismatch",
+            f"aggregate_id {aggregate_id!r} differs from {family.id_field} "
+            f"{fields[family.id_field]!r}",
+        )
+    event = Event(position, name, event_id, family, aggregate_id, occurred_at, version, key, fields)
+    if "changed_fields" in fields:
+        event.changes, event.extra = _changes(family, fields["changed_fields"], payload)
+    return event
+
+
+_MISSING: Final = object()
+
+
+def _required_text(doc: dict[str, Any], key: str, reason: str) -> str:
+    value = doc.get(key, _MISSING)
+    if value is _MISSING:
+        raise _Reject("missing_field", f"{key} is missing")
+    if not isinstance(value, str) or not value:
+        raise _Reject(reason, f"{key} must be a non-empty string")
+    return value
+
+
+def parse_occurred_at(value: Any) -> datetime:
+    """Parse an ISO-8601 UTC timestamp ending in Z or +00:00 into an aware datetime."""
+    if value is _MISSING:
+        raise _Reject("missing_field", "occurred_at is missing")
+    if not isinstance(value, str):
+        raise _Reject("invalid_occurred_at", "occurred_at must be a string")
+    match = _OCCURRED_AT.match(value)
+    if match is None:
+        raise _Reject(
+            "invalid_occurred_at", f"occurred_at {value[:64]!r} is not ISO-8601 UTC (Z or +00:00)"
+        )
+    year, month, day, hour, minute, second, fraction = match.groups()
+    micros = int((fraction or "0")[:6].ljust(6, "0"))
+    try:
+        return datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), micros, UTC
+        )
+    except ValueError as exc:
+        raise _Reject("invalid_occurred_at", f"occurred_at {value!r}: {exc}") from None
+
+
+def _payload(doc: dict[str, Any]) -> dict[str, Any]:
+    for key in ("payload", "data"):
+        if key in doc:
+            payload = doc[key]
+            if not isinstance(payload, dict):
+                raise _Reject("invalid_payload", f"{key} must be an object")
+            return payload
+    return doc
+
+
+def _fields(name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for key, rule in EVENT_FIELDS[name].items():
+        if key not in payload:
+            if rule.required:
+                raise _Reject("missing_field", f"{name} requires {key}")
+            continue
+        fields[key] = _check(name, key, rule, payload[key])
+    return fields
+
+
+def _check(name: str, key: str, rule: FieldRule, value: Any) -> Any:
+    kind = rule.kind
+    if kind == "text":
+        if not isinstance(value, str) or not value:
+            raise _Reject("invalid_field", f"{name}.{key} must be a non-empty string")
+    elif kind == "nullable_text":
+        if value is not None and not isinstance(value, str):
+            raise _Reject("invalid_field", f"{name}.{key} must be a string or null")
+    elif kind == "provider_kind":
+        if value not in PROVIDER_KINDS:
+            raise _Reject("invalid_kind", f"{name}.kind {value!r} is not one of {PROVIDER_KINDS}")
+    elif kind == "channel_kind":
+        if value not in CHANNEL_KINDS:
+            raise _Reject("invalid_kind", f"{name}.kind {value!r} is not one of {CHANNEL_KINDS}")
+    elif kind == "conversation_status":
+        if value not in CONVERSATION_STATUSES:
+            raise _Reject(
+                "invalid_status", f"{name}.status {value!r} is not one of {CONVERSATION_STATUSES}"
+            )
+    elif kind == "participants":
+        if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+            raise _Reject(
+                "invalid_participant_ids", "participant_ids must be a list of non-empty strings"
+            )
+    elif kind == "changed_fields" and (not value or not isinstance(value, dict | list)):
+        raise _Reject(
+            "invalid_changed_fields",
+            "changed_fields must be a non-empty object or a non-empty list of field names",
+        )
+    return value
+
+
+def _changes(
+    family: Family, changed: dict[str, Any] | list[Any], payload: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    if isinstance(changed, list):
+        pairs: dict[str, Any] = {}
+        for name in changed:
+            if not isinstance(name, str) or not name:
+                raise _Reject("invalid_changed_fields", "changed_fields names must be strings")
+            if name not in payload:
+                raise _Reject(
+                    "invalid_changed_fields", f"changed field {name!r} has no value in the payload"
+                )
+            pairs[name] = payload[name]
+    else:
+        pairs = changed
+    columns: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in pairs.items():
+        if key == family.id_field or key in _FORBIDDEN_CHANGES:
+            raise _Reject("forbidden_change", f"changed_fields may not change {key}")
+        if key not in family.updatable:
+            extra[key] = value
+        elif key == "kind":
+            kinds = PROVIDER_KINDS if family.name == "providers" else CHANNEL_KINDS
+            if value not in kinds:
+                raise _Reject("invalid_kind", f"changed kind {value!r} is not one of {kinds}")
+            columns[key] = value
+        elif value is None or isinstance(value, str):
+            columns[key] = value
+        else:
+            raise _Reject("invalid_changed_fields", f"changed {key} must be a string or null")
+    return columns, extra
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)

@@ -1,0 +1,37 @@
+"""Channel mappings: mapped (again), updated, unmapped."""
+
+from __future__ import annotations
+
+from projections.batch import Pending
+from projections.events import Event
+from projections.families.common import APPLIED, Handler, Outcome, apply_changes, entity, set_status
+
+_MAPPED_FIELDS = ("kind", "address", "normalized", "provider_id")
+
+
+def on_channel_mapped(state: Pending, event: Event) -> Outcome:
+    """A channel address is mapped to a provider."""
+    row = entity(state, event)
+    for name in _MAPPED_FIELDS:
+        row[name] = event.fields[name]
+    set_status(row, "mapped", event)
+    return APPLIED
+
+
+def on_channel_updated(state: Pending, event: Event) -> Outcome:
+    """The channel's changed fields are applied."""
+    apply_changes(entity(state, event), event)
+    return APPLIED
+
+
+def on_channel_unmapped(state: Pending, event: Event) -> Outcome:
+    """The channel is unmapped; the row stays."""
+    set_status(entity(state, event), "unmapped", event)
+    return APPLIED
+
+
+HANDLERS: dict[str, Handler] = {
+    "ChannelMapped": on_channel_mapped,
+    "ChannelUpdated": on_channel_updated,
+    "ChannelUnmapped": on_channel_unmapped,
+}

@@ -1,0 +1,206 @@
+"""The rules around every handler: duplicates, versions, owners, bookkeeping (SPEC §4)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from projections.batch import Key, Pending, Row
+from projections.config import VersionMode
+from projections.events import Event
+from projections.families import HANDLERS
+from projections.families.common import APPLIED, NOOP, Rejected
+from projections.tables import TABLES
+
+IdempotencyKey = tuple[str, str, str]
+
+
+@dataclass
+class Counters:
+    """What happened to the events of a run; `read` is the sum of the outcomes."""
+
+    read: int = 0
+    applied: int = 0
+    noop: int = 0
+    duplicate: int = 0
+    stale: int = 0
+    unknown: int = 0
+    quarantined: int = 0
+    rejected: int = 0
+    anomalies: int = 0
+
+    def add(self, other: Counters) -> None:
+        """Add another set of counters to this one."""
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict."""
+        return asdict(self)
+
+
+def aggregate_keys(event: Event) -> list[tuple[str, Key]]:
+    """The rows a handler may read or change for this event, to load before folding."""
+    keys: list[tuple[str, Key]] = [(event.family.table, event.aggregate_id)]
+    if event.name in ("ConversationParticipantAdded", "ConversationParticipantRemoved"):
+        keys.append(
+            ("conversation_participants", (event.aggregate_id, event.fields["participant_id"]))
+        )
+    elif event.name == "ConversationCreated":
+        for participant_id in event.fields.get("participant_ids", ()):
+            keys.append(("conversation_participants", (event.aggregate_id, participant_id)))
+    return keys
+
+
+def idempotency_key(event: Event) -> IdempotencyKey | None:
+    """The (projector, aggregate, key) triple that identifies a retried logical event."""
+    if event.idempotency_key is None:
+        return None
+    return (event.family.name, event.aggregate_id, event.idempotency_key)
+
+
+@dataclass
+class Folder:
+    """Folds the valid events of one batch into pending rows, ledger and anomalies."""
+
+    state: Pending
+    version_mode: VersionMode
+    source: str
+    seen_ids: set[str]
+    seen_keys: set[IdempotencyKey]
+    counters: Counters = field(default_factory=Counters)
+    ledger: list[dict[str, Any]] = field(default_factory=list)
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
+
+    def apply(self, event: Event) -> str:
+        """Apply one event and return its outcome name."""
+        key = idempotency_key(event)
+        if event.event_id in self.seen_ids or (key is not None and key in self.seen_keys):
+            self.counters.duplicate += 1
+            return "duplicate"
+        table = event.family.table
+        row = self.state.get(table, event.aggregate_id)
+        last = row["version"] if row is not None else 0
+        if self.version_mode is VersionMode.sequence:
+            if event.version <= last:
+                self.counters.stale += 1
+                return "stale"
+            if event.version > last + 1:
+                self._anomaly(
+                    event, "version_gap", f"expected version {last + 1}, got {event.version}"
+                )
+
+        outcome = self._owner_mismatch(event, row) or HANDLERS[event.name](self.state, event)
+
+        self.seen_ids.add(event.event_id)
+        if key is not None:
+            self.seen_keys.add(key)
+        self.ledger.append(
+            {
+                "event_id": event.event_id,
+                "projector": event.family.name,
+                "aggregate_id": event.aggregate_id,
+                "idempotency_key": event.idempotency_key,
+                "position": event.position,
+            }
+        )
+        row = self.state.get(table, event.aggregate_id)
+        if outcome == APPLIED:
+            assert row is not None
+            _stamp(row, event)
+            self.counters.applied += 1
+            return "applied"
+        if row is not None:
+            row["version"] = event.version
+            self.state.touch(table, event.aggregate_id)
+        if outcome == NOOP:
+            self.counters.noop += 1
+            return "noop"
+        assert isinstance(outcome, Rejected)
+        self._anomaly(event, outcome.kind, outcome.detail)
+        self.counters.rejected += 1
+        return "rejected"
+
+    def _owner_mismatch(self, event: Event, row: Row | None) -> Rejected | None:
+        if row is None or event.family.id_field == "customer_id":
+            return None
+        owner = row["customer_id"]
+        claimed = event.fields["customer_id"]
+        if owner is not None and claimed != owner:
+            return Rejected(
+                "customer_mismatch",
+                f"{event.family.aggregate_type} {event.aggregate_id} belongs to {owner}, "
+                f"not {claimed}",
+            )
+        return None
+
+    def _anomaly(self, event: Event, kind: str, detail: str) -> None:
+        self.counters.anomalies += 1
+        self.anomalies.append(
+            {
+                "projector": event.family.name,
+                "source": self.source,
+                "position": event.position,
+                "event_id": event.event_id,
+                "event_name": event.name,
+                "aggregate_type": event.family.aggregate_type,
+                "aggregate_id": event.aggregate_id,
+                "kind": kind,
+                "detail": detail,
+                "occurred_at": event.occurred_at,
+            }
+        )
+
+
+def _stamp(row: Row, event: Event) -> None:
+    row["version"] = event.version
+    row["updated_at"] = event.occurred_at
+    row["last_event_id"] = event.event_id
+    if row["created_at"] is None:
+        row["created_at"] = event.occurred_at
+
+
+# Denormalised columns: (child table, reference, parent table, {child column: parent column}).
+COPIES: tuple[tuple[str, str, str, dict[str, str]], ...] = (
+    ("channel_mappings", "provider_id", "providers", {"provider_kind": "kind"}),
+    (
+        "conversations",
+        "channel_id",
+        "channel_mappings",
+        {"channel_kind": "kind", "channel_address": "normalized"},
+    ),
+    ("conversations", "contact_id", "contacts", {"contact_display_name": "display_name"}),
+)
+
+
+def referenced_keys(state: Pending) -> list[tuple[str, Key]]:
+    """Parent rows whose values the batch's changed child rows copy."""
+    keys: list[tuple[str, Key]] = []
+    for child, reference, parent, _ in COPIES:
+        for row in state.changed_rows(child):
+            if row[reference] is not None:
+                keys.append((parent, row[reference]))
+    return keys
+
+
+def resolve_copies(state: Pending) -> None:
+    """Fill the denormalised columns of changed child rows from their parents' current rows."""
+    for child, reference, parent, columns in COPIES:
+        parents = state.rows[parent]
+        for row in state.changed_rows(child):
+            source = parents.get(row[reference]) if row[reference] is not None else None
+            for target, origin in columns.items():
+                row[target] = source[origin] if source is not None else None
+
+
+def parent_changes(state: Pending) -> list[tuple[str, str, dict[str, Any]]]:
+    """(child table, reference, values) for parents whose copied columns changed in the batch."""
+    changes: list[tuple[str, str, dict[str, Any]]] = []
+    for child, reference, parent, columns in COPIES:
+        key_column = TABLES[parent].primary_key.columns[0].name
+        for row in state.changed_rows(parent):
+            before = state.original[parent].get(row[key_column])
+            values = {target: row[origin] for target, origin in columns.items()}
+            if before is None or any(before[o] != row[o] for o in columns.values()):
+                changes.append((child, reference, {"ref": row[key_column], **values}))
+    return changes

@@ -1,0 +1,149 @@
+"""The loop: read a batch, decode, route, fold, write rows and checkpoints in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from projections import dialect, store
+from projections.batch import Pending
+from projections.config import Settings
+from projections.events import Event, Invalid, Unknown, decode, utc_now
+from projections.fold import (
+    Counters,
+    Folder,
+    aggregate_keys,
+    idempotency_key,
+    referenced_keys,
+    resolve_copies,
+)
+from projections.sources import Source, SourceBatch
+from projections.store import Checkpoint
+
+ProgressCallback = Callable[[SourceBatch, Counters], None]
+
+
+@dataclass
+class RunResult:
+    """What one catch-up did, and where every projector stands after it."""
+
+    counters: Counters = field(default_factory=Counters)
+    position: int = 0
+    batches: int = 0
+    interrupted: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        """The one-line summary as a dict (SPEC §8)."""
+        return {**self.counters.as_dict(), "position": self.position}
+
+
+def verify_source(engine: Engine, source: Source) -> dict[str, Checkpoint]:
+    """Refuse, before writing anything, a source that no longer matches a checkpoint."""
+    with engine.connect() as connection:
+        checkpoints = store.read_checkpoints(connection, source.label)
+    for checkpoint in checkpoints.values():
+        source.verify(checkpoint.position, checkpoint.source_state)
+    return checkpoints
+
+
+def catch_up(
+    engine: Engine,
+    source: Source,
+    settings: Settings,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunResult:
+    """Apply everything after the checkpoints, one transaction per batch, until caught up."""
+    verify_source(engine, source)
+    result = RunResult()
+    while True:
+        if should_stop is not None and should_stop():
+            result.interrupted = True
+            break
+        with engine.begin() as connection:
+            dialect.lock_writers(connection)
+            batch, counters, position = _one_batch(connection, source, settings)
+        if batch is None:
+            result.position = position
+            break
+        result.counters.add(counters)
+        result.position = batch.position
+        result.batches += 1
+        if progress is not None:
+            progress(batch, result.counters)
+    return result
+
+
+def _one_batch(
+    connection: sa.Connection, source: Source, settings: Settings
+) -> tuple[SourceBatch | None, Counters, int]:
+    checkpoints = store.read_checkpoints(connection, source.label)
+    start = min(checkpoints.values(), key=lambda c: c.position)
+    batch = source.read(start.position, start.source_state, settings.batch_size)
+    if batch.position == start.position:
+        return None, Counters(), start.position
+
+    decoded = [decode(position, line, strict=settings.strict) for position, line in batch.lines]
+    events: list[Event] = []
+    quarantined: list[Invalid] = []
+    counters = Counters(read=0)
+    for item in decoded:
+        if isinstance(item, Event):
+            if item.position > checkpoints[item.family.name].position:
+                events.append(item)
+        elif item.position > start.position:
+            counters.read += 1
+            if isinstance(item, Unknown):
+                counters.unknown += 1
+            else:
+                counters.quarantined += 1
+                quarantined.append(item)
+
+    state = Pending()
+    store.load_rows(connection, state, (key for event in events for key in aggregate_keys(event)))
+    keys = [k for e in events if (k := idempotency_key(e)) is not None]
+    seen_ids, seen_keys = store.seen_before(connection, [e.event_id for e in events], keys)
+    folder = Folder(state, settings.version_mode, source.label, seen_ids, seen_keys, counters)
+    last_ids: dict[str, str] = {}
+    for event in events:
+        counters.read += 1
+        folder.apply(event)
+        last_ids[event.family.name] = event.event_id
+    store.load_rows(connection, state, referenced_keys(state))
+    resolve_copies(state)
+
+    now = utc_now()
+    store.write_batch(
+        connection, state, folder.ledger, folder.anomalies, quarantined, source.label, now
+    )
+    moved = []
+    for checkpoint in checkpoints.values():
+        if checkpoint.position < batch.position:
+            checkpoint.source = source.label
+            checkpoint.position = batch.position
+            checkpoint.source_state = batch.state
+            checkpoint.last_event_id = last_ids.get(checkpoint.projector, checkpoint.last_event_id)
+            checkpoint.updated_at = now
+            moved.append(checkpoint)
+    store.write_checkpoints(connection, moved)
+    return batch, counters, batch.position
+
+
+def rebuild(
+    engine: Engine,
+    source: Source,
+    settings: Settings,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunResult:
+    """Drop the read model's rows and replay the whole source."""
+    with engine.begin() as connection:
+        dialect.lock_writers(connection)
+        store.reset(connection)
+    return catch_up(engine, source, settings, progress=progress, should_stop=should_stop)

@@ -1,0 +1,86 @@
+"""Human-readable output of `run`, `rebuild`, `check` and `status`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from projections.check import CheckReport
+from projections.projector import RunResult
+
+
+def summary_line(verb: str, result: RunResult) -> str:
+    """The one-line summary of a run (SPEC §8)."""
+    c = result.counters
+    state = " (interrupted)" if result.interrupted else ""
+    return (
+        f"{verb}{state}: read {c.read}, applied {c.applied}, noop {c.noop}, "
+        f"duplicate {c.duplicate}, stale {c.stale}, unknown {c.unknown}, "
+        f"quarantined {c.quarantined}, rejected {c.rejected}, anomalies {c.anomalies}, "
+        f"position {result.position}"
+    )
+
+
+def print_check(console: Console, report: CheckReport, show: int) -> None:
+    """Print a check report: counts per event name, invalid lines, duplicates, version mode."""
+    data = report.as_dict()
+    table = Table("event", "count", title=f"{report.source}: {report.lines} lines")
+    for name, count in data["events"].items():
+        table.add_row(name, str(count))
+    for name, count in data["unknown"].items():
+        table.add_row(f"{name} (unknown)", str(count))
+    console.print(table)
+    console.print(
+        f"valid {data['valid']}, invalid {report.invalid_count}, "
+        f"unknown {sum(report.unknown.values())}, duplicate event_ids "
+        f"{report.duplicate_event_ids}, idempotency retries {report.idempotency_retries}, "
+        f"version repeats {report.version_repeats} "
+        f"(in {report.aggregates_with_repeats} of {report.aggregates} aggregates)",
+        highlight=False,
+    )
+    if report.invalid:
+        invalid = Table("line", "reason", "message", title="invalid lines")
+        for item in report.invalid[:show]:
+            invalid.add_row(str(item["line"]), item["reason"], item["message"])
+        console.print(invalid)
+        if report.invalid_count > show:
+            console.print(f"… and {report.invalid_count - show} more (use --show or --json)")
+    mode = report.recommended_version_mode
+    if mode == "none":
+        console.print(
+            "versions repeat within most aggregates: this log needs [bold]--version-mode none[/]"
+        )
+    else:
+        console.print("version mode: sequence (the default) fits this log")
+
+
+def print_status(console: Console, status: dict[str, Any]) -> None:
+    """Print checkpoints, table counts, quarantine and anomalies."""
+    console.print(f"database {status['database']}, schema revision {status['schema_revision']}")
+    if status["schema_revision"] is None:
+        console.print("no schema yet: run `projections migrate` or `projections rebuild`")
+        return
+    if not status["schema_current"]:
+        console.print("[yellow]schema is behind this version: run `projections migrate`[/]")
+    checkpoints = Table("projector", "position", "last event", "updated", "source")
+    for p in status["projectors"]:
+        checkpoints.add_row(
+            p["projector"],
+            str(p["position"]),
+            p["last_event_id"] or "-",
+            p["updated_at"] or "-",
+            p["source"] or "-",
+        )
+    console.print(checkpoints)
+    tables = Table("table", "rows")
+    for name, count in status["tables"].items():
+        tables.add_row(name, str(count))
+    console.print(tables)
+    for title, key, group in (
+        ("quarantined", "quarantined", "by_reason"),
+        ("anomalies", "anomalies", "by_kind"),
+    ):
+        detail = ", ".join(f"{k} {v}" for k, v in status[key][group].items()) or "none"
+        console.print(f"{title}: {status[key]['total']} ({detail})", highlight=False)

@@ -1,0 +1,65 @@
+"""`status`: where each projector stands and what the read model holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from projections import migrate as migrations
+from projections.store import PROJECTORS, read_checkpoints
+from projections.tables import ENTITY_TABLES, TABLES
+
+
+def read_status(engine: Engine) -> dict[str, Any]:
+    """Checkpoints, row counts, quarantine and anomaly counts as plain data."""
+    revision = migrations.current_revision(engine)
+    head = migrations.head_revision()
+    status: dict[str, Any] = {
+        "database": engine.url.render_as_string(hide_password=True),
+        "schema_revision": revision,
+        "schema_current": revision == head,
+        "projectors": [],
+        "tables": {},
+        "quarantined": {"total": 0, "by_reason": {}},
+        "anomalies": {"total": 0, "by_kind": {}},
+    }
+    if revision is None:
+        return status
+    with engine.connect() as connection:
+        checkpoints = read_checkpoints(connection, "")
+        status["projectors"] = [
+            {
+                "projector": name,
+                "source": checkpoints[name].source or None,
+                "position": checkpoints[name].position,
+                "last_event_id": checkpoints[name].last_event_id,
+                "updated_at": _iso(checkpoints[name].updated_at),
+            }
+            for name in PROJECTORS
+        ]
+        for table in ENTITY_TABLES:
+            status["tables"][table.name] = _count(connection, table)
+        status["quarantined"] = _grouped(connection, TABLES["quarantined_events"], "reason")
+        status["anomalies"] = _grouped(connection, TABLES["event_anomalies"], "kind")
+    return status
+
+
+def _count(connection: sa.Connection, table: sa.Table) -> int:
+    return int(connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def _grouped(connection: sa.Connection, table: sa.Table, column: str) -> dict[str, Any]:
+    rows = connection.execute(
+        sa.select(table.c[column], sa.func.count())
+        .group_by(table.c[column])
+        .order_by(table.c[column])
+    ).all()
+    by = {str(row[0]): int(row[1]) for row in rows}
+    key = "by_reason" if column == "reason" else "by_kind"
+    return {"total": sum(by.values()), key: by}
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
