@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+import sqlalchemy as sa
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
 
@@ -12,6 +14,8 @@ from projections.db import create_engine
 from projections.tables import UtcDateTime, metadata
 
 config = context.config
+# event_log.tx is PostgreSQL's xid8, unknown to SQLAlchemy and left out of comparisons.
+warnings.filterwarnings("ignore", "Did not recognize type 'xid8'", sa.exc.SAWarning)
 
 
 def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | bool:
@@ -26,10 +30,22 @@ def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | 
     return False
 
 
+# PostgreSQL-only objects that migrations add by hand (not part of the SQLModel tables).
+POSTGRES_ONLY = {("column", "tx"), ("index", "ix_event_log_tx_position")}
+
+
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Leave the hand-written PostgreSQL-only parts of event_log out of comparisons."""
+    return not (reflected and compare_to is None and (type_, name) in POSTGRES_ONLY)
+
+
 def _configure(connection: Any) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
+        include_object=include_object,
         render_as_batch=True,
         render_item=render_item,
         compare_type=True,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -13,22 +13,15 @@ import typer
 from rich.console import Console
 
 from projections import migrate as migrations
+from projections import runtime
 from projections.check import check_log
-from projections.config import (
-    DEFAULT_BATCH_SIZE,
-    Settings,
-    VersionMode,
-    database_url,
-    env_int,
-    ndjson_path,
-)
-from projections.db import create_engine, translate_errors
-from projections.errors import ConfigurationError, ProjectionsError
-from projections.progress import BatchProgress
+from projections.config import Settings, VersionMode, ndjson_path
+from projections.errors import ProjectionsError
+from projections.follow import follow, stop_on_signals
+from projections.importer import import_log
+from projections.progress import BatchProgress, ImportProgress
 from projections.projector import RunResult, catch_up, rebuild
-from projections.report import print_check, print_status, summary_line
-from projections.sources import Source
-from projections.sources.ndjson import NdjsonSource
+from projections.report import print_check, print_import, print_status, summary_line
 from projections.status import read_status
 
 app = typer.Typer(
@@ -45,7 +38,17 @@ DatabaseUrl = Annotated[
     str | None,
     typer.Option(
         "--database-url",
-        help="Read-model database (default: $PROJECTIONS_DATABASE_URL, else sqlite:///projections.db).",
+        help="Read-model database (default: $PROJECTIONS_DATABASE_URL, "
+        "else sqlite:///projections.db).",
+        show_default=False,
+    ),
+]
+LogUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--log-url",
+        help="Database holding event_log, when not the read model's "
+        "(default: $PROJECTIONS_LOG_URL).",
         show_default=False,
     ),
 ]
@@ -86,47 +89,23 @@ def _guarded(action: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
 
 
-def _settings(url: str | None, batch_size: int | None = None, **extra: Any) -> Settings:
-    size = batch_size or env_int("PROJECTIONS_BATCH_SIZE", DEFAULT_BATCH_SIZE)
-    return Settings(database_url=database_url(url), batch_size=size, **extra)
-
-
-def open_source(name: str, settings: Settings) -> Source:
-    """The source SRC names: an NDJSON file, or 'db' for the database event log."""
-    if name == "db":
-        raise ConfigurationError(
-            "the database event log source is not available in this version; use an NDJSON file"
-        )
-    return NdjsonSource(ndjson_path(name))
-
-
-@contextmanager
-def _engine(settings: Settings, *, migrate_first: bool) -> Iterator[sa.Engine]:
-    engine = create_engine(settings.database_url)
-    try:
-        with translate_errors(settings.database_url):
-            if migrate_first and not migrations.is_current(engine):
-                migrations.upgrade(engine)
-            yield engine
-    finally:
-        engine.dispose()
-
-
 def _project(
     verb: str,
     source_name: str,
-    settings: Settings,
+    config: Settings,
     as_json: bool,
     work: Callable[..., RunResult],
 ) -> None:
-    source = open_source(source_name, settings)
-    try:
-        with _engine(settings, migrate_first=True) as engine:
-            show = not as_json and sys.stdout.isatty()
-            with BatchProgress(out, source, enabled=show, label=verb) as progress:
-                result = work(engine, source, settings, progress=progress.update)
-    finally:
-        source.close()
+    if source_name != "db":
+        ndjson_path(source_name)  # refuse a bad path before touching the database
+    with (
+        runtime.engine(config.database_url, migrate_first=True) as engine,
+        runtime.source(source_name, config, engine) as source,
+        stop_on_signals() as stop,
+    ):
+        show = not as_json and sys.stdout.isatty()
+        with BatchProgress(out, source, enabled=show, label=verb) as progress:
+            result = work(engine, source, config, progress=progress.update, should_stop=stop.is_set)
     if as_json:
         out.print_json(orjson.dumps(result.summary()).decode())
     else:
@@ -138,8 +117,8 @@ def migrate_command(database_url: DatabaseUrl = None) -> None:
     """Create or upgrade the read-model schema (alembic migrations)."""
 
     def work() -> None:
-        settings = _settings(database_url)
-        with _engine(settings, migrate_first=False) as engine:
+        config = runtime.settings(database_url)
+        with runtime.engine(config.database_url, migrate_first=False) as engine:
             before, after = migrations.upgrade(engine)
         if before == after:
             out.print(f"schema already at revision {after}")
@@ -153,17 +132,20 @@ def migrate_command(database_url: DatabaseUrl = None) -> None:
 def rebuild_command(
     source: SourceOption,
     database_url: DatabaseUrl = None,
+    log_url: LogUrl = None,
     as_json: JsonFlag = False,
     batch_size: BatchSize = None,
     version_mode: VersionModeOption = VersionMode.sequence,
     strict: StrictFlag = False,
 ) -> None:
-    """Drop the read models and replay the whole source from its start."""
+    """Empty the read models and replay the whole source from its start."""
     _guarded(
         lambda: _project(
             "rebuild",
             source,
-            _settings(database_url, batch_size, version_mode=version_mode, strict=strict),
+            runtime.settings(
+                database_url, batch_size, log_url, version_mode=version_mode, strict=strict
+            ),
             as_json,
             rebuild,
         )
@@ -174,6 +156,7 @@ def rebuild_command(
 def run_command(
     source: SourceOption,
     database_url: DatabaseUrl = None,
+    log_url: LogUrl = None,
     as_json: JsonFlag = False,
     batch_size: BatchSize = None,
     version_mode: VersionModeOption = VersionMode.sequence,
@@ -184,11 +167,84 @@ def run_command(
         lambda: _project(
             "run",
             source,
-            _settings(database_url, batch_size, version_mode=version_mode, strict=strict),
+            runtime.settings(
+                database_url, batch_size, log_url, version_mode=version_mode, strict=strict
+            ),
             as_json,
             catch_up,
         )
     )
+
+
+@app.command("follow")
+def follow_command(
+    source: SourceOption,
+    database_url: DatabaseUrl = None,
+    log_url: LogUrl = None,
+    as_json: JsonFlag = False,
+    batch_size: BatchSize = None,
+    version_mode: VersionModeOption = VersionMode.sequence,
+    strict: StrictFlag = False,
+    poll: Annotated[
+        float, typer.Option("--poll", min=0.05, help="Seconds between checks without a signal.")
+    ] = 0.5,
+) -> None:
+    """Keep catching up as events arrive (LISTEN/NOTIFY on PostgreSQL), until SIGINT/SIGTERM."""
+
+    def report(result: RunResult) -> None:
+        if as_json:
+            print(orjson.dumps(result.summary()).decode(), flush=True)
+        else:
+            out.print(summary_line("follow", result), highlight=False, soft_wrap=True)
+
+    def work() -> None:
+        config = runtime.settings(
+            database_url, batch_size, log_url, version_mode=version_mode, strict=strict
+        )
+        if source != "db":
+            ndjson_path(source)
+        with (
+            runtime.engine(config.database_url, migrate_first=True) as engine,
+            runtime.source(source, config, engine) as opened,
+            stop_on_signals() as stop,
+        ):
+            follow(engine, opened, config, stop=stop, poll=poll, on_result=report)
+
+    _guarded(work)
+
+
+@app.command("import")
+def import_command(
+    file: Annotated[Path, typer.Argument(help="The NDJSON log to append (.ndjson, .jsonl, .gz).")],
+    database_url: DatabaseUrl = None,
+    log_url: LogUrl = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Write nothing at all when any line is bad.")
+    ] = False,
+    as_json: JsonFlag = False,
+    show: Annotated[int, typer.Option("--show", help="How many bad lines to list.")] = 20,
+) -> None:
+    """Append an NDJSON log to the database event log; events already there are skipped."""
+
+    def work() -> int:
+        path = ndjson_path(str(file))
+        config = runtime.settings(database_url, log=log_url)
+        with (
+            runtime.engine(config.database_url, migrate_first=True) as engine,
+            runtime.log_engine(config, engine, migrate_first=True) as log,
+        ):
+            progress = ImportProgress(out, path, enabled=not as_json and sys.stdout.isatty())
+            with progress:
+                result = import_log(log, path, strict=strict, on_progress=progress.update)
+        if as_json:
+            out.print_json(orjson.dumps(result.as_dict()).decode())
+        else:
+            print_import(out, result, show)
+        return 0 if result.written else 1
+
+    code = _guarded(work)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("check")
@@ -216,11 +272,11 @@ def check_command(
 
 @app.command("status")
 def status_command(database_url: DatabaseUrl = None, as_json: JsonFlag = False) -> None:
-    """Show checkpoints, row counts, quarantine and anomaly counts."""
+    """Show checkpoints, row counts, quarantine and anomaly counts, and the event log."""
 
     def work() -> None:
-        settings = _settings(database_url)
-        with _engine(settings, migrate_first=False) as engine:
+        config = runtime.settings(database_url)
+        with runtime.engine(config.database_url, migrate_first=False) as engine:
             status = read_status(engine)
         if as_json:
             out.print_json(orjson.dumps(status, default=str).decode())
@@ -233,7 +289,3 @@ def status_command(database_url: DatabaseUrl = None, as_json: JsonFlag = False) 
 def main() -> None:
     """Entry point for `python -m projections`."""
     app()
-
-
-if __name__ == "__main__":
-    main()

@@ -29,6 +29,7 @@ class Settings:
     """Everything one run of a verb needs to know."""
 
     database_url: URL
+    log_url: URL | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     version_mode: VersionMode = VersionMode.sequence
     strict: bool = False
@@ -43,6 +44,12 @@ def database_url(flag: str | None) -> URL:
     """Resolve the database URL from the flag, the environment or the embedded default."""
     raw = flag or os.environ.get("PROJECTIONS_DATABASE_URL") or DEFAULT_DATABASE_URL
     return normalise_url(raw)
+
+
+def log_url(flag: str | None) -> URL | None:
+    """The database holding event_log, when it is not the read model's own."""
+    raw = flag or os.environ.get("PROJECTIONS_LOG_URL")
+    return normalise_url(raw) if raw else None
 
 
 def normalise_url(raw: str) -> URL:

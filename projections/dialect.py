@@ -6,6 +6,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -64,3 +65,39 @@ def try_lock_writers(connection: sa.Connection, name: str = "projections") -> bo
 def lock_key(name: str) -> int:
     """A stable signed 64-bit advisory lock key for a name."""
     return zlib.crc32(b"projections:" + name.encode()) - (1 << 31)
+
+
+def append_event_log(
+    connection: sa.Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    rows: Sequence[dict[str, Any]],
+) -> int:
+    """Append rows to event_log in order, skipping event_ids already there; returns how many."""
+    if not rows:
+        return 0
+    if connection.dialect.name != "postgresql":
+        before = connection.exec_driver_sql("SELECT total_changes()").scalar_one()
+        connection.execute(sqlite.insert(table).on_conflict_do_nothing(), list(rows))
+        after = connection.exec_driver_sql("SELECT total_changes()").scalar_one()
+        return int(after) - int(before)
+    names = ", ".join(columns)
+    connection.exec_driver_sql(
+        "CREATE TEMP TABLE IF NOT EXISTS event_log_import (seq bigint, event_id text, "
+        "event_name text, aggregate_type text, aggregate_id text, occurred_at timestamptz, "
+        "version bigint, idempotency_key text, event jsonb) ON COMMIT DROP"
+    )
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    statement = f"COPY event_log_import (seq, {names}) FROM STDIN"
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        for seq, row in enumerate(rows):
+            values = [row[c] for c in columns]
+            values[-1] = orjson.dumps(values[-1]).decode()
+            copy.write_row([seq, *values])
+    inserted = connection.exec_driver_sql(
+        f"INSERT INTO event_log ({names}) SELECT {names} FROM event_log_import "
+        "ORDER BY seq ON CONFLICT (event_id) DO NOTHING"
+    ).rowcount
+    connection.exec_driver_sql("TRUNCATE event_log_import")
+    return int(inserted)

@@ -23,12 +23,26 @@ from projections.schema import (
 MAX_LINE_BYTES: Final = 1024 * 1024
 MAX_DEPTH: Final = 64
 MAX_EVENT_ID: Final = 128
+MAX_KEY: Final = 255  # identifiers and other indexed values: PostgreSQL caps index entries
+MAX_VERSION: Final = 2**63 - 1  # the widest integer either database can store
 
 _OCCURRED_AT = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:Z|\+00:00)\Z"
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:Z|\+00:00)\Z",
+    re.ASCII,  # \d must not match other scripts' digits
 )
 _AGGREGATE_TYPES: Final = {f.aggregate_type.lower(): f.aggregate_type for f in FAMILIES}
 _FORBIDDEN_CHANGES: Final = ("customer_id", "status")
+_INDEXED: Final = frozenset(
+    {
+        "customer_id",
+        "contact_id",
+        "provider_id",
+        "channel_id",
+        "conversation_id",
+        "participant_id",
+        "normalized",
+    }
+)
 
 
 @dataclass(slots=True)
@@ -140,7 +154,7 @@ def _json_error(exc: orjson.JSONDecodeError) -> tuple[str, str]:
         return "invalid_utf8", "line is not valid UTF-8"
     if "surrogate" in text:
         return "lone_surrogate", "a string holds a lone UTF-16 surrogate"
-    if "recursion" in text:
+    if "recursion" in text or "depth limit" in text:
         return "too_deep", f"nesting deeper than {MAX_DEPTH}"
     return "invalid_json", f"not valid JSON: {text}"
 
@@ -154,7 +168,7 @@ def _scan(document: Any) -> tuple[str, str] | None:
     stack: list[tuple[Any, int]] = [(document, 1)]
     while stack:
         value, depth = stack.pop()
-        if depth > MAX_DEPTH:
+        if depth > MAX_DEPTH and isinstance(value, dict | list):
             return "too_deep", f"nesting deeper than {MAX_DEPTH}"
         if isinstance(value, str):
             if "\x00" in value:
@@ -176,6 +190,8 @@ def _validate(position: int, doc: dict[str, Any], *, strict: bool) -> Decoded:
         raise _Reject("invalid_event_id", f"event_id is over {MAX_EVENT_ID} characters")
     aggregate_type = _required_text(doc, "aggregate_type", "invalid_aggregate_type")
     aggregate_id = _required_text(doc, "aggregate_id", "invalid_aggregate_id")
+    if len(aggregate_id) > MAX_KEY:
+        raise _Reject("invalid_aggregate_id", f"aggregate_id is over {MAX_KEY} characters")
     occurred_at = parse_occurred_at(doc.get("occurred_at", _MISSING))
     actor = doc.get("actor", _MISSING)
     if actor is _MISSING:
@@ -185,11 +201,16 @@ def _validate(position: int, doc: dict[str, Any], *, strict: bool) -> Decoded:
     version = doc.get("version", _MISSING)
     if version is _MISSING:
         raise _Reject("missing_field", "version is missing")
-    if type(version) is not int or version < 1:
-        raise _Reject("invalid_version", f"version must be an integer >= 1, got {version!r}")
+    if type(version) is not int or not 1 <= version <= MAX_VERSION:
+        raise _Reject(
+            "invalid_version", f"version must be an integer in 1..{MAX_VERSION}, got {version!r}"
+        )
     key = doc.get("idempotency_key")
-    if key is not None and not (isinstance(key, str) and key):
-        raise _Reject("invalid_idempotency_key", "idempotency_key must be a non-empty string")
+    if key is not None and not (isinstance(key, str) and key and len(key) <= MAX_KEY):
+        raise _Reject(
+            "invalid_idempotency_key",
+            f"idempotency_key must be a non-empty string of at most {MAX_KEY} characters",
+        )
 
     family = EVENT_FAMILY.get(name)
     if family is None:
@@ -274,6 +295,8 @@ def _check(name: str, key: str, rule: FieldRule, value: Any) -> Any:
     if kind == "text":
         if not isinstance(value, str) or not value:
             raise _Reject("invalid_field", f"{name}.{key} must be a non-empty string")
+        if len(value) > MAX_KEY and key in _INDEXED:
+            raise _Reject("invalid_field", f"{name}.{key} is over {MAX_KEY} characters")
     elif kind == "nullable_text":
         if value is not None and not isinstance(value, str):
             raise _Reject("invalid_field", f"{name}.{key} must be a string or null")
@@ -289,9 +312,13 @@ def _check(name: str, key: str, rule: FieldRule, value: Any) -> Any:
                 "invalid_status", f"{name}.status {value!r} is not one of {CONVERSATION_STATUSES}"
             )
     elif kind == "participants":
-        if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+        if not isinstance(value, list) or not all(
+            isinstance(p, str) and p and len(p) <= MAX_KEY for p in value
+        ):
             raise _Reject(
-                "invalid_participant_ids", "participant_ids must be a list of non-empty strings"
+                "invalid_participant_ids",
+                f"participant_ids must be a list of non-empty strings of at most {MAX_KEY} "
+                "characters",
             )
     elif kind == "changed_fields" and (not value or not isinstance(value, dict | list)):
         raise _Reject(
@@ -329,6 +356,10 @@ def _changes(
                 raise _Reject("invalid_kind", f"changed kind {value!r} is not one of {kinds}")
             columns[key] = value
         elif value is None or isinstance(value, str):
+            if value is not None and key in _INDEXED and len(value) > MAX_KEY:
+                raise _Reject(
+                    "invalid_changed_fields", f"changed {key} is over {MAX_KEY} characters"
+                )
             columns[key] = value
         else:
             raise _Reject("invalid_changed_fields", f"changed {key} must be a string or null")

@@ -73,3 +73,45 @@ def _total_bytes(source: Source) -> int | None:
     if path is None or getattr(source, "gzipped", False):
         return source.head()
     return os.path.getsize(path)
+
+
+class ImportProgress:
+    """Progress of an import over a file's bytes."""
+
+    def __init__(self, console: Console, path: os.PathLike[str], *, enabled: bool) -> None:
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._console = console
+        self._path = path
+        self.enabled = enabled
+
+    def __enter__(self) -> ImportProgress:
+        if self.enabled:
+            self._progress = Progress(
+                TextColumn("[bold]import"),
+                BarColumn(),
+                TextColumn("{task.fields[lines]} lines"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self._console,
+                transient=True,
+            )
+            self._progress.start()
+            gzipped = str(self._path).endswith(".gz")
+            total = None if gzipped else os.path.getsize(self._path)
+            self._task = self._progress.add_task("import", total=total, lines=0)
+        return self
+
+    def update(self, offset: int, lines: int) -> None:
+        """Move the bar to a byte offset."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=offset, lines=f"{lines:,}")
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()

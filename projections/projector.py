@@ -83,20 +83,23 @@ def _one_batch(
     connection: sa.Connection, source: Source, settings: Settings
 ) -> tuple[SourceBatch | None, Counters, int]:
     checkpoints = store.read_checkpoints(connection, source.label)
-    start = min(checkpoints.values(), key=lambda c: c.position)
-    batch = source.read(start.position, start.source_state, settings.batch_size)
-    if batch.position == start.position:
+    cursors = {name: source.cursor(c.position, c.source_state) for name, c in checkpoints.items()}
+    start = checkpoints[min(cursors, key=cursors.__getitem__)]
+    start_cursor = source.cursor(start.position, start.source_state)
+    batch = source.read(start.position, start.source_state, settings.batch_size, connection)
+    if not batch.advanced:
         return None, Counters(), start.position
 
-    decoded = [decode(position, line, strict=settings.strict) for position, line in batch.lines]
     events: list[Event] = []
     quarantined: list[Invalid] = []
     counters = Counters(read=0)
-    for item in decoded:
+    for index, (position, line) in enumerate(batch.lines):
+        item = decode(position, line, strict=settings.strict)
+        cursor = batch.cursor(index)
         if isinstance(item, Event):
-            if item.position > checkpoints[item.family.name].position:
+            if cursor > cursors[item.family.name]:
                 events.append(item)
-        elif item.position > start.position:
+        elif cursor > start_cursor:
             counters.read += 1
             if isinstance(item, Unknown):
                 counters.unknown += 1
@@ -114,6 +117,7 @@ def _one_batch(
         counters.read += 1
         folder.apply(event)
         last_ids[event.family.name] = event.event_id
+    newest = max((e.occurred_at for e in events), default=None)
     store.load_rows(connection, state, referenced_keys(state))
     resolve_copies(state)
 
@@ -122,13 +126,16 @@ def _one_batch(
         connection, state, folder.ledger, folder.anomalies, quarantined, source.label, now
     )
     moved = []
-    for checkpoint in checkpoints.values():
-        if checkpoint.position < batch.position:
+    end_cursor = source.cursor(batch.position, batch.state)
+    for name, checkpoint in checkpoints.items():
+        if cursors[name] < end_cursor:
             checkpoint.source = source.label
             checkpoint.position = batch.position
             checkpoint.source_state = batch.state
             checkpoint.last_event_id = last_ids.get(checkpoint.projector, checkpoint.last_event_id)
             checkpoint.updated_at = now
+            if newest is not None:
+                checkpoint.last_occurred_at = max(newest, checkpoint.last_occurred_at or newest)
             moved.append(checkpoint)
     store.write_checkpoints(connection, moved)
     return batch, counters, batch.position

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from projections.check import CheckReport
+from projections.importer import ImportResult
 from projections.projector import RunResult
 
 
@@ -78,9 +79,48 @@ def print_status(console: Console, status: dict[str, Any]) -> None:
     for name, count in status["tables"].items():
         tables.add_row(name, str(count))
     console.print(tables)
+    log = status.get("event_log") or {}
+    if log.get("rows"):
+        console.print(f"event_log: {log['rows']} rows, head position {log['head']}")
+    if log.get("held_back"):
+        console.print(
+            f"[yellow]{log['held_back']} committed event_log rows wait for older transactions "
+            "to end (they cannot be read without risking a skip):[/]"
+        )
+        for blocker in log["waiting_for"]:
+            console.print(
+                f"  pid {blocker['pid']} ({blocker['application_name'] or 'no application_name'}, "
+                f"{blocker['state']}), transaction open for "
+                f"{blocker['transaction_age_seconds']:.0f} s",
+                highlight=False,
+            )
     for title, key, group in (
         ("quarantined", "quarantined", "by_reason"),
         ("anomalies", "anomalies", "by_kind"),
     ):
         detail = ", ".join(f"{k} {v}" for k, v in status[key][group].items()) or "none"
         console.print(f"{title}: {status[key]['total']} ({detail})", highlight=False)
+
+
+def print_import(console: Console, result: ImportResult, show: int) -> None:
+    """Print what an import stored, found already there, and could not store."""
+    for bad in result.bad[:show]:
+        console.print(
+            f"line {bad['line']}: {bad['reason']}: {bad['message']}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if len(result.bad) > show:
+        console.print(f"… and {len(result.bad) - show} more bad lines (use --show or --json)")
+    if not result.written:
+        console.print(
+            f"import: nothing written: {len(result.bad)} bad lines in {result.read} (--strict)",
+            highlight=False,
+        )
+        return
+    console.print(
+        f"import: read {result.read}, stored {result.stored}, already there {result.already}, "
+        f"bad {len(result.bad)}",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from projections import migrate as migrations
+from projections.sources.eventlog import HORIZON
 from projections.store import PROJECTORS, read_checkpoints
 from projections.tables import ENTITY_TABLES, TABLES
 
@@ -40,10 +41,49 @@ def read_status(engine: Engine) -> dict[str, Any]:
             for name in PROJECTORS
         ]
         for table in ENTITY_TABLES:
-            status["tables"][table.name] = _count(connection, table)
+            status["tables"][str(table.name)] = _count(connection, table)
         status["quarantined"] = _grouped(connection, TABLES["quarantined_events"], "reason")
         status["anomalies"] = _grouped(connection, TABLES["event_anomalies"], "kind")
+        status["event_log"] = event_log_status(connection)
     return status
+
+
+_HELD_BACK = sa.text(
+    HORIZON
+    + """
+    SELECT count(*) AS held, max(event_log.tx)::text::bigint AS newest
+    FROM event_log, horizon WHERE event_log.tx >= horizon.tx
+    """
+)
+_BLOCKERS = sa.text(
+    """
+    SELECT pid, application_name, state,
+           extract(epoch FROM now() - xact_start)::float AS transaction_age_seconds
+    FROM pg_stat_activity
+    WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
+      AND datname IS NOT DISTINCT FROM current_database()
+      AND age(backend_xid) >= age(CAST(CAST(:newest % 4294967296 AS text) AS xid))
+    ORDER BY xact_start
+    LIMIT 10
+    """
+)
+
+
+def event_log_status(connection: sa.Connection) -> dict[str, Any]:
+    """Rows in event_log and, on PostgreSQL, the transactions holding newer rows back."""
+    rows = int(connection.execute(sa.text("SELECT count(*) FROM event_log")).scalar_one())
+    head = connection.execute(sa.text("SELECT max(position) FROM event_log")).scalar()
+    result: dict[str, Any] = {"rows": rows, "head": head, "held_back": 0, "waiting_for": []}
+    if connection.dialect.name != "postgresql" or not rows:
+        return result
+    held = connection.execute(_HELD_BACK).one()
+    result["held_back"] = int(held.held)
+    if held.held:
+        result["waiting_for"] = [
+            dict(row._mapping)
+            for row in connection.execute(_BLOCKERS, {"newest": int(held.newest)})
+        ]
+    return result
 
 
 def _count(connection: sa.Connection, table: sa.Table) -> int:

@@ -35,6 +35,7 @@ class Checkpoint:
     last_event_id: str | None = None
     source_state: dict[str, Any] = field(default_factory=dict)
     updated_at: datetime | None = None
+    last_occurred_at: datetime | None = None
 
 
 def read_checkpoints(connection: sa.Connection, source: str) -> dict[str, Checkpoint]:
@@ -47,6 +48,7 @@ def read_checkpoints(connection: sa.Connection, source: str) -> dict[str, Checkp
             row.last_event_id,
             dict(row.source_state or {}),
             row.updated_at,
+            row.last_occurred_at,
         )
         for row in connection.execute(sa.select(_CHECKPOINTS))
     }
@@ -66,6 +68,7 @@ def write_checkpoints(connection: sa.Connection, checkpoints: Iterable[Checkpoin
                 "last_event_id": c.last_event_id,
                 "source_state": c.source_state,
                 "updated_at": c.updated_at,
+                "last_occurred_at": c.last_occurred_at,
             }
             for c in checkpoints
         ],

@@ -73,7 +73,7 @@ def _timestamp(nullable: bool = True) -> Any:
 class Entity(SQLModel):
     """Columns every entity table carries (SPEC §5)."""
 
-    version: int = Field(default=0, nullable=False)
+    version: int = Field(default=0, sa_type=sa.BigInteger, nullable=False)
     created_at: datetime | None = _timestamp()
     updated_at: datetime | None = _timestamp()
     last_event_id: str | None = None
@@ -214,6 +214,7 @@ class ProjectionCheckpoint(SQLModel, table=True):
     source: str = Field(nullable=False)
     position: int = Field(default=0, sa_type=sa.BigInteger, nullable=False)
     last_event_id: str | None = None
+    last_occurred_at: datetime | None = _timestamp()
     updated_at: datetime | None = _timestamp()
     source_state: dict[str, Any] = _json_object()
 
@@ -243,4 +244,36 @@ ENTITY_TABLES: tuple[sa.Table, ...] = tuple(
         "conversation_participants",
     )
 )
-TABLES: dict[str, sa.Table] = {t.name: t for t in metadata.sorted_tables}
+
+
+class EventLogEntry(SQLModel, table=True):
+    """The database event log: one stored event per row, in a global position.
+
+    On PostgreSQL the migration adds `tx xid8 DEFAULT pg_current_xact_id()`, the
+    writing transaction's id, which readers use to never skip a late commit.
+    """
+
+    __tablename__ = "event_log"
+    __table_args__ = {"sqlite_autoincrement": True}
+    position: int | None = Field(
+        default=None,
+        sa_type=sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        sa_column_kwargs={"autoincrement": True},
+    )
+    event_id: str = Field(nullable=False, unique=True)
+    event_name: str | None = Field(default=None, index=True)
+    aggregate_type: str | None = None
+    aggregate_id: str | None = Field(default=None, index=True)
+    occurred_at: datetime | None = _timestamp()
+    version: int | None = Field(default=None, sa_type=sa.BigInteger)
+    idempotency_key: str | None = None
+    event: dict[str, Any] = Field(sa_type=JsonDocument, nullable=False)
+    recorded_at: datetime | None = Field(
+        default=None,
+        sa_type=UtcDateTime,
+        sa_column_kwargs={"server_default": sa.text("CURRENT_TIMESTAMP")},
+    )
+
+
+TABLES: dict[str, sa.Table] = {str(t.name): t for t in metadata.sorted_tables}

@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Final, cast
 
+import orjson
+import sqlalchemy as sa
+
 from projections.errors import ConfigurationError, SourceMismatchError
-from projections.events import MAX_LINE_BYTES
+from projections.events import MAX_LINE_BYTES, parse_occurred_at
 from projections.sources import SourceBatch
 
 CHUNK: Final = 1 << 20
 FINGERPRINT_BYTES: Final = 4096
+
+
+def _occurred_at(line: bytes) -> datetime | None:
+    try:
+        document = orjson.loads(line)
+        return (
+            parse_occurred_at(document.get("occurred_at")) if isinstance(document, dict) else None
+        )
+    except Exception:  # a bad last line simply has no time
+        return None
 
 
 class NdjsonSource:
@@ -67,6 +81,10 @@ class NdjsonSource:
             tail = self._fingerprint(tail_start, offset)
         return {"kind": self.kind, "offset": offset, "head": head, "tail": tail}
 
+    def cursor(self, position: int, state: dict[str, Any]) -> tuple[int, int]:
+        """Line numbers are the read order."""
+        return (0, position)
+
     def verify(self, position: int, state: dict[str, Any]) -> None:
         """Refuse a file that was truncated or replaced since the checkpoint."""
         if position == 0:
@@ -85,7 +103,13 @@ class NdjsonSource:
                 f"Run `projections rebuild --source {self.path}` to start over"
             )
 
-    def read(self, position: int, state: dict[str, Any], limit: int) -> SourceBatch:
+    def read(
+        self,
+        position: int,
+        state: dict[str, Any],
+        limit: int,
+        connection: sa.Connection | None = None,
+    ) -> SourceBatch:
         """Up to `limit` non-blank complete lines after the checkpoint."""
         offset = int(state.get("offset", 0)) if position else 0
         if self._handle is None or offset != self._offset:
@@ -105,7 +129,7 @@ class NdjsonSource:
             if line.strip():
                 lines.append((line_no, line))
         if line_no == position:
-            return SourceBatch([], position, state)
+            return SourceBatch([], position, state, advanced=False)
         if self._recent_exact:
             self._recent = b"".join(consumed)[-FINGERPRINT_BYTES:]
         else:
@@ -172,6 +196,23 @@ class NdjsonSource:
     def head(self) -> int | None:
         """Not known without reading the whole file."""
         return None
+
+    def backlog(self, position: int, state: dict[str, Any]) -> tuple[int, datetime | None]:
+        """Complete non-blank lines after the checkpoint, and the last one's occurred_at."""
+        offset = int(state.get("offset", 0)) if position else 0
+        count, last = 0, b""
+        with self._open() as handle:
+            handle.seek(offset)
+            pending = b""
+            while chunk := handle.read(CHUNK):
+                pending += chunk
+                lines = pending.split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    if line.strip():
+                        count += 1
+                        last = line
+        return count, _occurred_at(last)
 
     def close(self) -> None:
         """Close the file."""
