@@ -13,16 +13,18 @@ import typer
 from rich.console import Console
 
 from projections import migrate as migrations
-from projections import runtime
+from projections import runs, runtime, schedule
 from projections.check import check_log
 from projections.config import Settings, VersionMode, ndjson_path
 from projections.errors import ProjectionsError
+from projections.events import utc_now
 from projections.follow import follow, stop_on_signals
 from projections.importer import import_log
+from projections.metrics import Metrics, serve
 from projections.progress import BatchProgress, ImportProgress
 from projections.projector import RunResult, catch_up, rebuild
 from projections.report import print_check, print_import, print_status, summary_line
-from projections.status import read_status
+from projections.status import lag_problems, read_status
 
 app = typer.Typer(
     help="Keep SQL read models of customers, contacts, providers, channels and conversations.",
@@ -99,13 +101,15 @@ def _project(
     if source_name != "db":
         ndjson_path(source_name)  # refuse a bad path before touching the database
     with (
+        stop_on_signals() as stop,
         runtime.engine(config.database_url, migrate_first=True) as engine,
         runtime.source(source_name, config, engine) as source,
-        stop_on_signals() as stop,
     ):
         show = not as_json and sys.stdout.isatty()
+        started = utc_now()
         with BatchProgress(out, source, enabled=show, label=verb) as progress:
             result = work(engine, source, config, progress=progress.update, should_stop=stop.is_set)
+        runs.record(engine, verb, source.label, started, result)
     if as_json:
         out.print_json(orjson.dumps(result.summary()).decode())
     else:
@@ -204,9 +208,9 @@ def follow_command(
         if source != "db":
             ndjson_path(source)
         with (
+            stop_on_signals() as stop,
             runtime.engine(config.database_url, migrate_first=True) as engine,
             runtime.source(source, config, engine) as opened,
-            stop_on_signals() as stop,
         ):
             follow(engine, opened, config, stop=stop, poll=poll, on_result=report)
 
@@ -271,17 +275,93 @@ def check_command(
 
 
 @app.command("status")
-def status_command(database_url: DatabaseUrl = None, as_json: JsonFlag = False) -> None:
-    """Show checkpoints, row counts, quarantine and anomaly counts, and the event log."""
+def status_command(
+    database_url: DatabaseUrl = None,
+    log_url: LogUrl = None,
+    as_json: JsonFlag = False,
+    max_lag: Annotated[
+        int | None,
+        typer.Option("--max-lag", min=0, help="Exit 1 when a projector lags more events."),
+    ] = None,
+    max_lag_seconds: Annotated[
+        float | None,
+        typer.Option("--max-lag-seconds", min=0, help="Exit 1 when a projector lags more seconds."),
+    ] = None,
+) -> None:
+    """Show checkpoints with lag, row counts, quarantine, anomalies and the last run."""
 
-    def work() -> None:
-        config = runtime.settings(database_url)
-        with runtime.engine(config.database_url, migrate_first=False) as engine:
-            status = read_status(engine)
+    def work() -> int:
+        config = runtime.settings(database_url, log=log_url)
+        with (
+            runtime.engine(config.database_url, migrate_first=False) as engine,
+            runtime.log_engine(config, engine, migrate_first=False) as log,
+        ):
+            status = read_status(engine, log)
         if as_json:
             out.print_json(orjson.dumps(status, default=str).decode())
         else:
             print_status(out, status)
+        problems = lag_problems(status, max_lag, max_lag_seconds)
+        for problem in problems:
+            err.print(f"[bold red]unhealthy:[/] {problem}", highlight=False)
+        return 1 if problems else 0
+
+    code = _guarded(work)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("schedule")
+def schedule_command(
+    source: SourceOption,
+    every: Annotated[
+        str | None, typer.Option("--every", help="Interval between catch-ups: 30s, 5m, 1h.")
+    ] = None,
+    cron: Annotated[
+        str | None, typer.Option("--cron", help='Crontab schedule instead, e.g. "*/5 * * * *".')
+    ] = None,
+    jitter: Annotated[
+        float | None, typer.Option("--jitter", min=0, help="Random delay of up to N seconds.")
+    ] = None,
+    misfire_grace: Annotated[
+        float, typer.Option("--misfire-grace", min=1, help="Seconds a late tick may still run.")
+    ] = 30.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", help="Serve Prometheus /metrics and /healthz on this port."),
+    ] = None,
+    log_json: Annotated[bool, typer.Option("--log-json", help="One JSON object per run.")] = False,
+    database_url: DatabaseUrl = None,
+    log_url: LogUrl = None,
+    batch_size: BatchSize = None,
+    version_mode: VersionModeOption = VersionMode.sequence,
+    strict: StrictFlag = False,
+) -> None:
+    """Catch up on a schedule until SIGINT/SIGTERM; one replica at a time on PostgreSQL."""
+
+    def work() -> None:
+        config = runtime.settings(
+            database_url, batch_size, log_url, version_mode=version_mode, strict=strict
+        )
+        when = schedule.trigger(every, cron, jitter)
+        if source != "db":
+            ndjson_path(source)
+        options = schedule.Options(misfire_grace=misfire_grace, log_json=log_json)
+        metrics = Metrics()
+        with (
+            stop_on_signals() as stop,
+            runtime.engine(config.database_url, migrate_first=True) as engine,
+            runtime.source(source, config, engine) as opened,
+        ):
+            server = serve(metrics, metrics_port) if metrics_port is not None else None
+            job = schedule.CatchUpJob(
+                engine, opened, config, options, metrics, stop, schedule.emit_line
+            )
+            try:
+                schedule.run_schedule(job, when, options)
+            finally:
+                if server is not None:
+                    server.shutdown()
 
     _guarded(work)
 

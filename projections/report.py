@@ -65,16 +65,28 @@ def print_status(console: Console, status: dict[str, Any]) -> None:
         return
     if not status["schema_current"]:
         console.print("[yellow]schema is behind this version: run `projections migrate`[/]")
-    checkpoints = Table("projector", "position", "last event", "updated", "source")
+    checkpoints = Table(
+        "projector", "position", "lag (events)", "lag (s)", "last event", "updated", "source"
+    )
     for p in status["projectors"]:
         checkpoints.add_row(
             p["projector"],
             str(p["position"]),
+            "?" if p["lag_events"] is None else str(p["lag_events"]),
+            "?" if p["lag_seconds"] is None else f"{p['lag_seconds']:.0f}",
             p["last_event_id"] or "-",
             p["updated_at"] or "-",
             p["source"] or "-",
         )
     console.print(checkpoints)
+    run = status.get("last_run")
+    if run:
+        console.print(
+            f"last run: {run['command']} {run['result']} at {run['finished_at']}"
+            + (f": {run['error']}" if run["error"] else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
     tables = Table("table", "rows")
     for name, count in status["tables"].items():
         tables.add_row(name, str(count))

@@ -8,13 +8,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from projections import migrate as migrations
+from projections.lag import UNKNOWN, Lag, lag_of, source_for
+from projections.runs import last_run
 from projections.sources.eventlog import HORIZON
-from projections.store import PROJECTORS, read_checkpoints
+from projections.store import PROJECTORS, Checkpoint, read_checkpoints
 from projections.tables import ENTITY_TABLES, TABLES
 
 
-def read_status(engine: Engine) -> dict[str, Any]:
-    """Checkpoints, row counts, quarantine and anomaly counts as plain data."""
+def read_status(engine: Engine, log_engine: Engine | None = None) -> dict[str, Any]:
+    """Checkpoints with lag, row counts, quarantine and anomaly counts, the last run."""
     revision = migrations.current_revision(engine)
     head = migrations.head_revision()
     status: dict[str, Any] = {
@@ -25,18 +27,24 @@ def read_status(engine: Engine) -> dict[str, Any]:
         "tables": {},
         "quarantined": {"total": 0, "by_reason": {}},
         "anomalies": {"total": 0, "by_kind": {}},
+        "last_run": None,
     }
     if revision is None:
         return status
     with engine.connect() as connection:
         checkpoints = read_checkpoints(connection, "")
+        status["last_run"] = last_run(connection)
+    lags = _lags(checkpoints, log_engine or engine)
+    with engine.connect() as connection:
         status["projectors"] = [
             {
                 "projector": name,
                 "source": checkpoints[name].source or None,
                 "position": checkpoints[name].position,
                 "last_event_id": checkpoints[name].last_event_id,
+                "last_occurred_at": _iso(checkpoints[name].last_occurred_at),
                 "updated_at": _iso(checkpoints[name].updated_at),
+                **lags[name].as_dict(),
             }
             for name in PROJECTORS
         ]
@@ -86,6 +94,27 @@ def event_log_status(connection: sa.Connection) -> dict[str, Any]:
     return result
 
 
+def _lags(checkpoints: dict[str, Checkpoint], log_engine: Engine) -> dict[str, Lag]:
+    """Each projector's lag; projectors at the same place share one look at the source."""
+    found: dict[tuple[str, int], Lag] = {}
+    result: dict[str, Lag] = {}
+    for name, checkpoint in checkpoints.items():
+        key = (checkpoint.source, checkpoint.position)
+        if key not in found:
+            source = source_for(checkpoint.source, log_engine) if checkpoint.source else None
+            if source is None:
+                found[key] = UNKNOWN
+            else:
+                try:
+                    found[key] = lag_of(source, checkpoint)
+                except sa.exc.SQLAlchemyError:
+                    found[key] = UNKNOWN
+                finally:
+                    source.close()
+        result[name] = found[key]
+    return result
+
+
 def _count(connection: sa.Connection, table: sa.Table) -> int:
     return int(connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
@@ -103,3 +132,23 @@ def _grouped(connection: sa.Connection, table: sa.Table, column: str) -> dict[st
 
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def lag_problems(
+    status: dict[str, Any], max_events: int | None, max_seconds: float | None
+) -> list[str]:
+    """Why the read model is unhealthy for these limits (an unknown lag counts as too much)."""
+    problems: list[str] = []
+    if max_events is None and max_seconds is None:
+        return problems
+    if status["schema_revision"] is None:
+        return ["no schema: the read model was never built"]
+    for p in status["projectors"]:
+        events, seconds = p["lag_events"], p["lag_seconds"]
+        if max_events is not None and (events is None or events > max_events):
+            shown = "unknown" if events is None else events
+            problems.append(f"{p['projector']} lag {shown} events > {max_events}")
+        if max_seconds is not None and (seconds is None or seconds > max_seconds):
+            shown = "unknown" if seconds is None else f"{seconds:.0f}"
+            problems.append(f"{p['projector']} lag {shown} s > {max_seconds:g}")
+    return problems

@@ -168,7 +168,7 @@ class Database:
             )
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
-        """Every table the events determine, without ids and wall-clock columns."""
+        """Every table the events determine, without ids, source names and wall-clock columns."""
         result: dict[str, list[dict[str, Any]]] = {}
         for table in ENTITY_TABLES:
             result[table.name] = self.rows(table.name)
@@ -176,12 +176,15 @@ class Database:
             self.rows("processed_events"), key=lambda r: r["event_id"]
         )
         result["event_anomalies"] = sorted(
-            ({k: v for k, v in r.items() if k != "id"} for r in self.rows("event_anomalies")),
+            (
+                {k: v for k, v in r.items() if k not in ("id", "source")}
+                for r in self.rows("event_anomalies")
+            ),
             key=lambda r: (r["position"], r["kind"]),
         )
         result["quarantined_events"] = sorted(
             (
-                {k: v for k, v in r.items() if k not in ("id", "quarantined_at")}
+                {k: v for k, v in r.items() if k not in ("id", "quarantined_at", "source")}
                 for r in self.rows("quarantined_events")
             ),
             key=lambda r: r["position"],

@@ -450,3 +450,15 @@ def _wait_for(condition: Any, timeout: float = 15.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def test_the_readme_insert_statement_works(database: Database) -> None:
+    """The INSERT the README shows producers stores an event the projector applies."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [b.split("```")[0] for b in readme.split("```sql")[1:]]
+    [statement] = [b for b in blocks if "INSERT INTO event_log" in b]
+    with database.engine.begin() as connection:
+        connection.exec_driver_sql(statement.strip().rstrip(";"))
+    result = catch_up(database.engine, EventLogSource(database.engine), database.settings())
+    assert result.counters.applied == 1
+    assert database.row("conversations", "cnv_1")["status"] == "closed"  # type: ignore[index]
