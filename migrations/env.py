@@ -31,13 +31,17 @@ def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | 
 
 
 # PostgreSQL-only objects that migrations add by hand (not part of the SQLModel tables).
-POSTGRES_ONLY = {("column", "tx"), ("index", "ix_event_log_tx_position")}
+POSTGRES_ONLY = {
+    ("column", "tx"),
+    ("index", "ix_event_log_tx_position"),
+    ("table", "reader_scopes"),  # tenant scopes of reader roles, 0004 (projections/access.py)
+}
 
 
 def include_object(
     obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
 ) -> bool:
-    """Leave the hand-written PostgreSQL-only parts of event_log out of comparisons."""
+    """Leave the hand-written PostgreSQL-only objects out of comparisons."""
     return not (reflected and compare_to is None and (type_, name) in POSTGRES_ONLY)
 
 

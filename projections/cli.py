@@ -12,19 +12,30 @@ import sqlalchemy as sa
 import typer
 from rich.console import Console
 
+from projections import access, redact, runs, runtime, schedule, store
 from projections import migrate as migrations
-from projections import runs, runtime, schedule
 from projections.check import check_log
-from projections.config import Settings, VersionMode, ndjson_path
-from projections.errors import ProjectionsError
+from projections.config import Settings, VersionMode, ndjson_path, pii_key, redact_pii_key
+from projections.config import database_url as read_model_url
+from projections.errors import ConfigurationError, ProjectionsError
 from projections.events import utc_now
 from projections.follow import follow, stop_on_signals
 from projections.importer import import_log
 from projections.metrics import Metrics, serve
 from projections.progress import BatchProgress, ImportProgress
-from projections.projector import RunResult, catch_up, rebuild
-from projections.report import print_check, print_import, print_status, summary_line
-from projections.status import lag_problems, read_status
+from projections.projector import ProgressCallback, RunResult, catch_up
+from projections.report import (
+    print_check,
+    print_import,
+    print_status,
+    print_verify,
+    summary_line,
+)
+from projections.schema import PROJECTOR_TABLES
+from projections.shadow import shadow_rebuild
+from projections.sources import Source
+from projections.status import changed_projectors, lag_problems, read_status
+from projections.verify import verify
 
 app = typer.Typer(
     help="Keep SQL read models of customers, contacts, providers, channels and conversations.",
@@ -73,6 +84,15 @@ VersionModeOption = Annotated[
 StrictFlag = Annotated[
     bool, typer.Option("--strict", help="Quarantine unknown event names instead of skipping them.")
 ]
+RedactFlag = Annotated[
+    bool | None,
+    typer.Option(
+        "--redact-pii/--keep-pii",
+        help="Store a keyed hash of channel addresses and display names (key: "
+        "$PROJECTIONS_REDACT_PII_KEY; default: $PROJECTIONS_REDACT_PII, else keep).",
+        show_default=False,
+    ),
+]
 
 
 def _guarded(action: Callable[[], T]) -> T:
@@ -89,6 +109,17 @@ def _guarded(action: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
+
+
+def _redacted(
+    flag: bool | None, database_url: str | None, action: Callable[[], T], *, keep_rows: bool
+) -> T:
+    """Run a projecting verb with PII redaction on or off, never mixing both in one model."""
+    key = redact_pii_key(flag)
+    if keep_rows:
+        redact.check_read_model(read_model_url(database_url), key)
+    with redact.redacting(key):
+        return action()
 
 
 def _project(
@@ -141,19 +172,85 @@ def rebuild_command(
     batch_size: BatchSize = None,
     version_mode: VersionModeOption = VersionMode.sequence,
     strict: StrictFlag = False,
+    projector: Annotated[
+        list[str] | None,
+        typer.Option("--projector", "-p", help="Rebuild only this projector (repeatable)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted rebuild's shadow.")
+    ] = False,
+    keep_old: Annotated[
+        bool,
+        typer.Option("--keep-old", help="Keep the replaced tables in a projections_old_* schema."),
+    ] = False,
+    redact_pii: RedactFlag = None,
 ) -> None:
-    """Empty the read models and replay the whole source from its start."""
-    _guarded(
-        lambda: _project(
-            "rebuild",
-            source,
-            runtime.settings(
-                database_url, batch_size, log_url, version_mode=version_mode, strict=strict
-            ),
-            as_json,
-            rebuild,
+    """Replay the whole source into a shadow read model, then swap it in without downtime."""
+
+    def work() -> int:
+        config = runtime.settings(
+            database_url, batch_size, log_url, version_mode=version_mode, strict=strict
         )
-    )
+        chosen = _projectors(projector)
+        if source != "db":
+            ndjson_path(source)
+        with (
+            stop_on_signals() as stop,
+            runtime.engine(config.database_url, migrate_first=True) as engine,
+            runtime.source(source, config, engine) as opened,
+        ):
+            show = not as_json and sys.stdout.isatty()
+            started = utc_now()
+            with BatchProgress(out, opened, enabled=show, label="rebuild") as progress:
+                result, report, resumed = shadow_rebuild(
+                    engine,
+                    opened,
+                    config,
+                    projectors=chosen,
+                    resume=resume,
+                    keep_old=keep_old,
+                    progress=progress.update,
+                    should_stop=stop.is_set,
+                )
+            runs.record(engine, "rebuild", opened.label, started, result)
+        summary = {**result.summary(), "resumed": bool(resumed), "swapped": report is not None}
+        if report is not None:
+            summary.update(
+                swap_seconds=round(report.swap_seconds, 3),
+                rows=report.rows,
+                kept_old=report.kept_old,
+            )
+        if as_json:
+            out.print_json(orjson.dumps(summary).decode())
+        else:
+            line = summary_line("rebuild", result)
+            if report is not None:
+                kept = f", old tables kept in {report.kept_old}" if report.kept_old else ""
+                line += f"; swapped in after {report.swap_seconds:.2f} s{kept}"
+            out.print(line, highlight=False, soft_wrap=True)
+        if report is None:
+            err.print(
+                "rebuild interrupted: the live read model is unchanged; "
+                "`projections rebuild --resume` continues, `projections rebuild` starts over"
+            )
+            return 1
+        return 0
+
+    # A partial rebuild keeps the other projectors' rows: they must match the setting.
+    code = _guarded(lambda: _redacted(redact_pii, database_url, work, keep_rows=bool(projector)))
+    if code:
+        raise typer.Exit(code)
+
+
+def _projectors(names: list[str] | None) -> tuple[str, ...] | None:
+    if not names:
+        return None
+    unknown = sorted(set(names) - set(PROJECTOR_TABLES))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown projector {', '.join(unknown)}: choose from {', '.join(PROJECTOR_TABLES)}"
+        )
+    return tuple(dict.fromkeys(names))
 
 
 @app.command("run")
@@ -165,19 +262,53 @@ def run_command(
     batch_size: BatchSize = None,
     version_mode: VersionModeOption = VersionMode.sequence,
     strict: StrictFlag = False,
+    redact_pii: RedactFlag = None,
+    rebuild_if_changed: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild-if-changed",
+            help="First rebuild projectors whose rows were built by other code (see status).",
+        ),
+    ] = False,
 ) -> None:
     """Catch up once: apply every complete event after the checkpoints."""
     _guarded(
-        lambda: _project(
-            "run",
-            source,
-            runtime.settings(
-                database_url, batch_size, log_url, version_mode=version_mode, strict=strict
+        lambda: _redacted(
+            redact_pii,
+            database_url,
+            lambda: _project(
+                "run",
+                source,
+                runtime.settings(
+                    database_url, batch_size, log_url, version_mode=version_mode, strict=strict
+                ),
+                as_json,
+                _catch_up_rebuilding if rebuild_if_changed else catch_up,
             ),
-            as_json,
-            catch_up,
+            keep_rows=True,
         )
     )
+
+
+def _catch_up_rebuilding(
+    engine: sa.Engine,
+    source: Source,
+    config: Settings,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunResult:
+    """Rebuild the projectors whose fingerprint changed, then catch up."""
+    with engine.connect() as connection:
+        changed = changed_projectors(store.read_checkpoints(connection, source.label))
+    if changed:
+        err.print(f"rebuilding {', '.join(changed)}: built by other handlers or tables")
+        result, report, _ = shadow_rebuild(
+            engine, source, config, projectors=changed, progress=progress, should_stop=should_stop
+        )
+        if report is None:
+            return result
+    return catch_up(engine, source, config, progress=progress, should_stop=should_stop)
 
 
 @app.command("follow")
@@ -192,6 +323,7 @@ def follow_command(
     poll: Annotated[
         float, typer.Option("--poll", min=0.05, help="Seconds between checks without a signal.")
     ] = 0.5,
+    redact_pii: RedactFlag = None,
 ) -> None:
     """Keep catching up as events arrive (LISTEN/NOTIFY on PostgreSQL), until SIGINT/SIGTERM."""
 
@@ -214,7 +346,7 @@ def follow_command(
         ):
             follow(engine, opened, config, stop=stop, poll=poll, on_result=report)
 
-    _guarded(work)
+    _guarded(lambda: _redacted(redact_pii, database_url, work, keep_rows=True))
 
 
 @app.command("import")
@@ -245,6 +377,42 @@ def import_command(
         else:
             print_import(out, result, show)
         return 0 if result.written else 1
+
+    code = _guarded(work)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("verify")
+def verify_command(
+    source: SourceOption,
+    database_url: DatabaseUrl = None,
+    log_url: LogUrl = None,
+    as_json: JsonFlag = False,
+    batch_size: BatchSize = None,
+    version_mode: VersionModeOption = VersionMode.sequence,
+    strict: StrictFlag = False,
+) -> None:
+    """Replay the source into scratch tables and compare with the live ones; exit 0 if identical."""
+
+    def work() -> int:
+        config = runtime.settings(
+            database_url, batch_size, log_url, version_mode=version_mode, strict=strict
+        )
+        if source != "db":
+            ndjson_path(source)
+        with (
+            runtime.engine(config.database_url, migrate_first=False) as engine,
+            runtime.source(source, config, engine) as opened,
+        ):
+            show = not as_json and sys.stdout.isatty()
+            with BatchProgress(out, opened, enabled=show, label="verify") as progress:
+                report = verify(engine, opened, config, progress=progress.update)
+        if as_json:
+            out.print_json(orjson.dumps(report.as_dict(), default=str).decode())
+        else:
+            print_verify(out, report)
+        return 0 if report.identical else 1
 
     code = _guarded(work)
     if code:
@@ -364,6 +532,86 @@ def schedule_command(
                     server.shutdown()
 
     _guarded(work)
+
+
+# --- SQL users: tenant readers and PII hashes (projections/access.py, projections/redact.py) ---
+ReaderRole = Annotated[str, typer.Argument(help="The reader's PostgreSQL login role.")]
+
+
+@app.command("grant-reader")
+def grant_reader_command(
+    role: ReaderRole,
+    customer: Annotated[
+        list[str], typer.Option("--customer", "-c", help="A customer id it may read (repeat).")
+    ],
+    database_url: DatabaseUrl = None,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            "--password",
+            envvar="PROJECTIONS_READER_PASSWORD",
+            help="Set its login password (default: $PROJECTIONS_READER_PASSWORD, else unchanged).",
+            show_default=False,
+        ),
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Make these the only customers it may read.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create or update a login role that may only SELECT its customers' rows (PostgreSQL)."""
+
+    def work() -> None:
+        with runtime.engine(read_model_url(database_url), migrate_first=False) as engine:
+            scope = access.grant_reader(engine, role, customer, password=password, replace=replace)
+        if as_json:
+            out.print_json(orjson.dumps(scope.as_dict()).decode())
+            return
+        verb = "created" if scope.created else "updated"
+        out.print(f"reader {role} {verb}: reads {', '.join(scope.customers)}", highlight=False)
+        if scope.unknown_customers:
+            unknown = ", ".join(scope.unknown_customers)
+            out.print(f"[yellow]not among customers yet:[/] {unknown}", highlight=False)
+
+    _guarded(work)
+
+
+@app.command("revoke-reader")
+def revoke_reader_command(
+    role: ReaderRole,
+    customer: Annotated[
+        list[str] | None,
+        typer.Option("--customer", "-c", help="Only stop it reading this customer (repeat)."),
+    ] = None,
+    drop_role: Annotated[
+        bool, typer.Option("--drop-role", help="Also drop the login role itself.")
+    ] = False,
+    database_url: DatabaseUrl = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Take customers, or all access, away from a reader role (PostgreSQL)."""
+
+    def work() -> None:
+        with runtime.engine(read_model_url(database_url), migrate_first=False) as engine:
+            scope = access.revoke_reader(engine, role, customer or (), drop_role=drop_role)
+        if as_json:
+            out.print_json(orjson.dumps(scope.as_dict()).decode())
+        elif scope.dropped:
+            out.print(f"reader {role} dropped", highlight=False)
+        elif scope.customers:
+            out.print(f"reader {role}: reads {', '.join(scope.customers)}", highlight=False)
+        else:
+            out.print(f"reader {role}: reads nothing", highlight=False)
+
+    _guarded(work)
+
+
+@app.command("hash-pii")
+def hash_pii_command(
+    value: Annotated[str, typer.Argument(help="A channel address or display name.")],
+) -> None:
+    """Print the keyed hash that stands for VALUE in a read model built with --redact-pii."""
+    print(_guarded(lambda: redact.PiiRedactor(pii_key()).hash(value)))
 
 
 def main() -> None:

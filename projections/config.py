@@ -33,6 +33,7 @@ class Settings:
     batch_size: int = DEFAULT_BATCH_SIZE
     version_mode: VersionMode = VersionMode.sequence
     strict: bool = False
+    projectors: tuple[str, ...] | None = None  # only these (a one-projector rebuild)
 
     @property
     def is_postgres(self) -> bool:
@@ -105,3 +106,36 @@ def ndjson_path(source: str) -> Path:
     if not path.is_file():
         raise ConfigurationError(f"source is not a regular file: {source}")
     return path
+
+
+# --- PII redaction (docs/tables.md, "Personally identifying values") ---
+REDACT_PII_MIN_KEY = 16
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def redact_pii_key(flag: bool | None) -> bytes | None:
+    """The PII hashing key when redaction is on (the flag, else PROJECTIONS_REDACT_PII)."""
+    enabled = flag
+    if enabled is None:
+        raw = os.environ.get("PROJECTIONS_REDACT_PII", "").strip().lower()
+        if raw not in _TRUE | _FALSE:
+            raise ConfigurationError(f"PROJECTIONS_REDACT_PII must be 1 or 0, got {raw!r}")
+        enabled = raw in _TRUE
+    return pii_key() if enabled else None
+
+
+def pii_key() -> bytes:
+    """The secret key of the PII hash, from PROJECTIONS_REDACT_PII_KEY."""
+    key = os.environ.get("PROJECTIONS_REDACT_PII_KEY", "").encode()
+    if not key:
+        raise ConfigurationError(
+            "PII redaction needs a secret key: set PROJECTIONS_REDACT_PII_KEY "
+            f"(at least {REDACT_PII_MIN_KEY} characters, e.g. `openssl rand -hex 32`)"
+        )
+    if len(key) < REDACT_PII_MIN_KEY:
+        raise ConfigurationError(
+            f"PROJECTIONS_REDACT_PII_KEY is too short: use at least {REDACT_PII_MIN_KEY} "
+            "characters (phone numbers and names are easy to guess under a short key)"
+        )
+    return key

@@ -20,8 +20,12 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def create_engine(url: URL) -> Engine:
-    """An engine whose sessions speak UTC and whose transactions start as writers on SQLite."""
+def create_engine(url: URL, *, search_path: str | None = None) -> Engine:
+    """An engine whose sessions speak UTC and whose transactions start as writers on SQLite.
+
+    `search_path` (PostgreSQL) makes unqualified table names resolve to another schema
+    first: the shadow schema of a rebuild or the scratch schema of `verify`.
+    """
     options: dict[str, Any] = {
         "json_serializer": _json_dumps,
         "json_deserializer": orjson.loads,
@@ -31,7 +35,10 @@ def create_engine(url: URL) -> Engine:
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    connect_args = {"application_name": APPLICATION_NAME, "options": "-c timezone=UTC"}
+    settings = "-c timezone=UTC"
+    if search_path is not None:
+        settings += f" -c search_path={search_path},public"
+    connect_args = {"application_name": APPLICATION_NAME, "options": settings}
     return sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True, **options)
 
 
@@ -47,7 +54,9 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_begin(connection: sa.Connection) -> None:
     # IMMEDIATE takes the write lock up front: two runs never interleave a batch.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # Readers that only look (read_only=True) must not wait for writers.
+    read_only = connection.get_execution_options().get("read_only", False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from typing import Any, Final
 
 import orjson
 
+from projections import redact
 from projections.schema import (
     CHANNEL_KINDS,
     CONVERSATION_STATUSES,
@@ -122,9 +123,13 @@ def decode(position: int, line: bytes, *, strict: bool = False) -> Decoded:
         if problem is not None:
             return _invalid(position, line, *problem, document=document)
     try:
-        return _validate(position, document, strict=strict)
+        decoded = _validate(position, document, strict=strict)
     except _Reject as reject:
         return _invalid(position, line, reject.reason, reject.message, document=document)
+    if isinstance(decoded, Event) and (redactor := redact.active()) is not None:
+        # --redact-pii: identifying values are hashed before any handler sees them.
+        redactor.redact_fields(decoded.family.name, decoded.fields, decoded.changes)
+    return decoded
 
 
 def _invalid(
@@ -139,7 +144,9 @@ def _invalid(
     if document is not None:
         event_id = _readable(document.get("event_id"), MAX_EVENT_ID)
         event_name = _readable(document.get("event_name"), 200)
-    return Invalid(position, reason, message, storable_text(line), event_id, event_name)
+    redactor = redact.active()
+    raw = storable_text(line) if redactor is None else redactor.quarantine_text(line)
+    return Invalid(position, reason, message, raw, event_id, event_name)
 
 
 def _readable(value: Any, limit: int) -> str | None:

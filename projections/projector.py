@@ -13,6 +13,7 @@ from projections import dialect, store
 from projections.batch import Pending
 from projections.config import Settings
 from projections.events import Event, Invalid, Unknown, decode, utc_now
+from projections.fingerprint import current as current_fingerprints
 from projections.fold import (
     Counters,
     Folder,
@@ -25,6 +26,7 @@ from projections.sources import Source, SourceBatch
 from projections.store import Checkpoint
 
 ProgressCallback = Callable[[SourceBatch, Counters], None]
+FINGERPRINTS = current_fingerprints()
 
 
 @dataclass
@@ -67,7 +69,7 @@ def catch_up(
             break
         with engine.begin() as connection:
             dialect.lock_writers(connection)
-            batch, counters, position = _one_batch(connection, source, settings)
+            batch, counters, position = one_batch(connection, source, settings)
         if batch is None:
             result.position = position
             break
@@ -79,10 +81,13 @@ def catch_up(
     return result
 
 
-def _one_batch(
+def one_batch(
     connection: sa.Connection, source: Source, settings: Settings
 ) -> tuple[SourceBatch | None, Counters, int]:
+    """Read, fold and write one batch in the caller's locked transaction; None when caught up."""
     checkpoints = store.read_checkpoints(connection, source.label)
+    if settings.projectors is not None:
+        checkpoints = {k: v for k, v in checkpoints.items() if k in settings.projectors}
     cursors = {name: source.cursor(c.position, c.source_state) for name, c in checkpoints.items()}
     start = checkpoints[min(cursors, key=cursors.__getitem__)]
     start_cursor = source.cursor(start.position, start.source_state)
@@ -97,7 +102,8 @@ def _one_batch(
         item = decode(position, line, strict=settings.strict)
         cursor = batch.cursor(index)
         if isinstance(item, Event):
-            if cursor > cursors[item.family.name]:
+            name = item.family.name
+            if name in cursors and cursor > cursors[name]:
                 events.append(item)
         elif cursor > start_cursor:
             counters.read += 1
@@ -134,6 +140,8 @@ def _one_batch(
             checkpoint.source_state = batch.state
             checkpoint.last_event_id = last_ids.get(checkpoint.projector, checkpoint.last_event_id)
             checkpoint.updated_at = now
+            if checkpoint.fingerprint is None:  # the code that builds this projector's rows
+                checkpoint.fingerprint = FINGERPRINTS[name]
             if newest is not None:
                 checkpoint.last_occurred_at = max(newest, checkpoint.last_occurred_at or newest)
             moved.append(checkpoint)

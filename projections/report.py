@@ -10,6 +10,7 @@ from rich.table import Table
 from projections.check import CheckReport
 from projections.importer import ImportResult
 from projections.projector import RunResult
+from projections.verify import VerifyReport
 
 
 def summary_line(verb: str, result: RunResult) -> str:
@@ -79,6 +80,13 @@ def print_status(console: Console, status: dict[str, Any]) -> None:
             p["source"] or "-",
         )
     console.print(checkpoints)
+    stale = [p["projector"] for p in status["projectors"] if p.get("rebuild_needed")]
+    if stale:
+        console.print(
+            f"[yellow]rebuild needed: {', '.join(stale)} were built by other handlers or "
+            "table definitions than this version's; run `projections rebuild` (or "
+            "`projections run --rebuild-if-changed`)[/]"
+        )
     run = status.get("last_run")
     if run:
         console.print(
@@ -136,3 +144,30 @@ def print_import(console: Console, result: ImportResult, show: int) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+def print_verify(console: Console, report: VerifyReport) -> None:
+    """Print the comparison of the live tables with the replay."""
+    table = Table("table", "rows", "missing", "extra", "differing")
+    for diff in report.tables:
+        table.add_row(
+            diff.table,
+            str(diff.rows),
+            str(diff.missing_count),
+            str(diff.extra_count),
+            str(diff.differing_count),
+        )
+    console.print(table)
+    for diff in report.tables:
+        for key in diff.missing:
+            console.print(f"{diff.table}: missing {key!r}", highlight=False)
+        for key in diff.extra:
+            console.print(f"{diff.table}: extra {key!r}", highlight=False)
+        for item in diff.differing:
+            columns = ", ".join(
+                f"{name} live={change['live']!r} replay={change['replay']!r}"
+                for name, change in item["columns"].items()
+            )
+            console.print(f"{diff.table}: {item['key']!r} differs: {columns}", highlight=False)
+    verdict = "identical" if report.identical else "DIFFERENT"
+    console.print(f"verify at position {report.position}: {verdict}", highlight=False)

@@ -120,3 +120,12 @@ EVENT_FAMILY: Final[dict[str, Family]] = {
     name: next(f for f in FAMILIES if name.startswith(f.aggregate_type)) for name in EVENT_FIELDS
 }
 EVENT_NAMES: Final = tuple(EVENT_FIELDS)
+
+# The entity tables each projector owns (a rebuild of one projector replaces these).
+PROJECTOR_TABLES: Final[dict[str, tuple[str, ...]]] = {
+    "customers": ("customers",),
+    "contacts": ("contacts",),
+    "providers": ("providers",),
+    "channels": ("channel_mappings",),
+    "conversations": ("conversations", "conversation_participants"),
+}

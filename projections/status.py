@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from projections import migrate as migrations
+from projections.fingerprint import current as current_fingerprints
 from projections.lag import UNKNOWN, Lag, lag_of, source_for
 from projections.runs import last_run
 from projections.sources.eventlog import HORIZON
@@ -35,6 +36,8 @@ def read_status(engine: Engine, log_engine: Engine | None = None) -> dict[str, A
         checkpoints = read_checkpoints(connection, "")
         status["last_run"] = last_run(connection)
     lags = _lags(checkpoints, log_engine or engine)
+    code = current_fingerprints()
+    changed = set(changed_projectors(checkpoints))
     with engine.connect() as connection:
         status["projectors"] = [
             {
@@ -44,6 +47,9 @@ def read_status(engine: Engine, log_engine: Engine | None = None) -> dict[str, A
                 "last_event_id": checkpoints[name].last_event_id,
                 "last_occurred_at": _iso(checkpoints[name].last_occurred_at),
                 "updated_at": _iso(checkpoints[name].updated_at),
+                "fingerprint": checkpoints[name].fingerprint,
+                "code_fingerprint": code[name],
+                "rebuild_needed": name in changed,
                 **lags[name].as_dict(),
             }
             for name in PROJECTORS
@@ -92,6 +98,16 @@ def event_log_status(connection: sa.Connection) -> dict[str, Any]:
             for row in connection.execute(_BLOCKERS, {"newest": int(held.newest)})
         ]
     return result
+
+
+def changed_projectors(checkpoints: dict[str, Checkpoint]) -> list[str]:
+    """Projectors whose rows were built by other handlers or table definitions than these."""
+    code = current_fingerprints()
+    return [
+        name
+        for name, checkpoint in checkpoints.items()
+        if checkpoint.position and checkpoint.fingerprint != code[name]
+    ]
 
 
 def _lags(checkpoints: dict[str, Checkpoint], log_engine: Engine) -> dict[str, Lag]:

@@ -36,6 +36,7 @@ class Checkpoint:
     source_state: dict[str, Any] = field(default_factory=dict)
     updated_at: datetime | None = None
     last_occurred_at: datetime | None = None
+    fingerprint: str | None = None
 
 
 def read_checkpoints(connection: sa.Connection, source: str) -> dict[str, Checkpoint]:
@@ -49,6 +50,7 @@ def read_checkpoints(connection: sa.Connection, source: str) -> dict[str, Checkp
             dict(row.source_state or {}),
             row.updated_at,
             row.last_occurred_at,
+            row.fingerprint,
         )
         for row in connection.execute(sa.select(_CHECKPOINTS))
     }
@@ -69,6 +71,7 @@ def write_checkpoints(connection: sa.Connection, checkpoints: Iterable[Checkpoin
                 "source_state": c.source_state,
                 "updated_at": c.updated_at,
                 "last_occurred_at": c.last_occurred_at,
+                "fingerprint": c.fingerprint,
             }
             for c in checkpoints
         ],
@@ -81,22 +84,15 @@ def load_rows(connection: sa.Connection, state: Pending, keys: Iterable[tuple[st
     for name, wanted_key in keys:
         if not state.loaded(name, wanted_key):
             wanted[name].add(wanted_key)
-    size = dialect.in_chunk(connection)
     for table_name, table_keys in wanted.items():
         table = TABLES[table_name]
-        columns = list(table.primary_key.columns)
-        target: Any = columns[0] if len(columns) == 1 else sa.tuple_(*columns)
+        columns = [c.name for c in table.primary_key.columns]
         ordered = sorted(table_keys)
-        for start in range(0, len(ordered), size):
-            chunk = ordered[start : start + size]
-            for row in connection.execute(sa.select(table).where(target.in_(chunk))).mappings():
-                found = dict(row)
-                key: Key = (
-                    found[columns[0].name]
-                    if len(columns) == 1
-                    else (found[columns[0].name], found[columns[1].name])
-                )
-                state.remember(table_name, key, found)
+        for found in dialect.fetch_rows(connection, table, ordered):
+            key: Key = (
+                found[columns[0]] if len(columns) == 1 else (found[columns[0]], found[columns[1]])
+            )
+            state.remember(table_name, key, found)
         for missing in ordered:
             if not state.loaded(table_name, missing):
                 state.remember(table_name, missing, None)
@@ -106,31 +102,7 @@ def seen_before(
     connection: sa.Connection, event_ids: Sequence[str], keys: Sequence[IdempotencyKey]
 ) -> tuple[set[str], set[IdempotencyKey]]:
     """Which event ids and idempotency keys already counted in earlier batches."""
-    size = dialect.in_chunk(connection)
-    ids: set[str] = set()
-    unique_ids = sorted(set(event_ids))
-    for start in range(0, len(unique_ids), size):
-        chunk = unique_ids[start : start + size]
-        ids.update(
-            connection.execute(
-                sa.select(_PROCESSED.c.event_id).where(_PROCESSED.c.event_id.in_(chunk))
-            ).scalars()
-        )
-    found: set[IdempotencyKey] = set()
-    unique_keys = sorted(set(keys))
-    triple = sa.tuple_(
-        _PROCESSED.c.projector, _PROCESSED.c.aggregate_id, _PROCESSED.c.idempotency_key
-    )
-    step = max(1, size // 3)
-    for start in range(0, len(unique_keys), step):
-        key_chunk = unique_keys[start : start + step]
-        rows = connection.execute(
-            sa.select(
-                _PROCESSED.c.projector, _PROCESSED.c.aggregate_id, _PROCESSED.c.idempotency_key
-            ).where(triple.in_(key_chunk))
-        )
-        found.update((r[0], r[1], r[2]) for r in rows)
-    return ids, found
+    return dialect.fetch_seen(connection, sorted(set(event_ids)), sorted(set(keys)))
 
 
 def write_batch(
@@ -144,12 +116,10 @@ def write_batch(
 ) -> None:
     """Write the batch's rows, copies, ledger, anomalies and quarantine."""
     for table in ENTITY_TABLES:
-        dialect.upsert(connection, table, state.changed_rows(table.name))
+        dialect.write_rows(connection, table, state.changed_rows(table.name), upsert=True)
     _propagate(connection, state)
-    if ledger:
-        connection.execute(sa.insert(_PROCESSED), list(ledger))
-    if anomalies:
-        connection.execute(sa.insert(_ANOMALIES), list(anomalies))
+    dialect.write_rows(connection, _PROCESSED, ledger, upsert=False)
+    dialect.write_rows(connection, _ANOMALIES, anomalies, upsert=False)
     dialect.insert_ignoring_conflicts(
         connection,
         _QUARANTINE,
@@ -170,22 +140,13 @@ def write_batch(
 
 
 def _propagate(connection: sa.Connection, state: Pending) -> None:
-    """Copy parents' changed values into child rows the batch did not load."""
-    grouped: dict[tuple[str, str, tuple[str, ...]], list[dict[str, Any]]] = defaultdict(list)
+    """Copy parents' changed values into child rows, including rows the batch did not load."""
+    grouped: dict[tuple[str, str, tuple[str, ...]], list[tuple[Any, ...]]] = defaultdict(list)
     for child, reference, values in parent_changes(state):
         columns = tuple(sorted(k for k in values if k != "ref"))
-        grouped[(child, reference, columns)].append(
-            {"ref": values["ref"], **{f"v_{c}": values[c] for c in columns}}
-        )
-    for (child, reference, columns), params in grouped.items():
-        table = TABLES[child]
-        statement = (
-            sa.update(table)
-            .where(table.c[reference] == sa.bindparam("ref"))
-            .where(sa.or_(*(table.c[c].is_distinct_from(sa.bindparam(f"v_{c}")) for c in columns)))
-            .values({c: sa.bindparam(f"v_{c}") for c in columns})
-        )
-        connection.execute(statement, params)
+        grouped[(child, reference, columns)].append((values["ref"], *(values[c] for c in columns)))
+    for (child, reference, columns), rows in grouped.items():
+        dialect.update_copies(connection, child, reference, columns, rows)
 
 
 def reset(connection: sa.Connection) -> None:

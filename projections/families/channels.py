@@ -30,6 +30,9 @@ def on_channel_unmapped(state: Pending, event: Event) -> Outcome:
     return APPLIED
 
 
+# Bump when these handlers change what they write: `status` then says a rebuild is needed.
+VERSION = 1
+
 HANDLERS: dict[str, Handler] = {
     "ChannelMapped": on_channel_mapped,
     "ChannelUpdated": on_channel_updated,

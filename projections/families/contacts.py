@@ -46,6 +46,9 @@ def on_contact_deleted(state: Pending, event: Event) -> Outcome:
     return APPLIED
 
 
+# Bump when these handlers change what they write: `status` then says a rebuild is needed.
+VERSION = 1
+
 HANDLERS: dict[str, Handler] = {
     "ContactCreated": on_contact_created,
     "ContactUpdated": on_contact_updated,

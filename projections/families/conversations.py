@@ -128,6 +128,9 @@ def _participant(state: Pending, conversation: Row, event: Event, participant_id
     return row
 
 
+# Bump when these handlers change what they write: `status` then says a rebuild is needed.
+VERSION = 1
+
 HANDLERS: dict[str, Handler] = {
     "ConversationCreated": on_conversation_created,
     "ConversationUpdated": on_conversation_updated,

@@ -33,6 +33,9 @@ def on_customer_disabled(state: Pending, event: Event) -> Outcome:
     return APPLIED
 
 
+# Bump when these handlers change what they write: `status` then says a rebuild is needed.
+VERSION = 1
+
 HANDLERS: dict[str, Handler] = {
     "CustomerCreated": on_customer_created,
     "CustomerUpdated": on_customer_updated,

@@ -33,6 +33,9 @@ def on_provider_disabled(state: Pending, event: Event) -> Outcome:
     return APPLIED
 
 
+# Bump when these handlers change what they write: `status` then says a rebuild is needed.
+VERSION = 1
+
 HANDLERS: dict[str, Handler] = {
     "ProviderConfigured": on_provider_configured,
     "ProviderUpdated": on_provider_updated,

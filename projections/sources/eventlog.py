@@ -75,6 +75,7 @@ class EventLogSource:
         self.engine = engine
         self.label = "db:event_log"
         self.postgres = engine.dialect.name == "postgresql"
+        self.until: tuple[int, int] | None = None  # stop after this cursor (verify)
 
     def cursor(self, position: int, state: dict[str, Any]) -> tuple[int, int]:
         """Where a checkpoint stands in read order."""
@@ -119,7 +120,7 @@ class EventLogSource:
         """Up to `limit` committed rows after the cursor, in the caller's transaction if shared."""
         if connection is not None and connection.engine is self.engine:
             return self._read(connection, position, state, limit)
-        with self.engine.connect() as own:
+        with self.engine.connect().execution_options(read_only=True) as own:
             return self._read(own, position, state, limit)
 
     def _read(
@@ -131,6 +132,8 @@ class EventLogSource:
         else:
             query, params = _SQLITE_READ, {"position": after, "limit": limit}
         rows = connection.execute(query, params).all()
+        if self.until is not None:
+            rows = [r for r in rows if (int(r.tx), int(r.position)) <= self.until]
         if not rows:
             return SourceBatch([], position, state, advanced=False)
         lines = [(row.position, row.event.encode("utf-8", "surrogatepass")) for row in rows]

@@ -41,9 +41,11 @@ class NdjsonSource:
         self._handle: IO[bytes] | None = None
         self._offset = 0  # where the open handle stands (after the last complete line read)
         self._buffer = b""
+        self._start = 0  # where the unread part of _buffer begins
         self._recent = b""  # the bytes just before self._offset, up to FINGERPRINT_BYTES
         self._recent_exact = True
         self._full_head: str | None = None
+        self.until: tuple[int, int] | None = None  # stop after this cursor (verify)
 
     def _open(self) -> IO[bytes]:
         try:
@@ -117,7 +119,8 @@ class NdjsonSource:
         lines: list[tuple[int, bytes]] = []
         consumed: list[bytes] = [self._recent]
         line_no = position
-        while len(lines) < limit:
+        last_line = self.until[1] if self.until is not None else None
+        while len(lines) < limit and (last_line is None or line_no < last_line):
             line = self._next_line()
             if line is None:
                 break
@@ -145,6 +148,7 @@ class NdjsonSource:
             raise SourceMismatchError(f"{self.path} is shorter than the checkpoint") from exc
         self._offset = offset
         self._buffer = b""
+        self._start = 0
         self._reload_recent()
 
     def _reload_recent(self) -> None:
@@ -160,12 +164,15 @@ class NdjsonSource:
         """The next complete line without its newline, or None at the end of what is written."""
         assert self._handle is not None
         while True:
-            end = self._buffer.find(b"\n")
+            end = self._buffer.find(b"\n", self._start)
             if end >= 0:
-                line = self._buffer[:end]
-                self._buffer = self._buffer[end + 1 :]
-                self._offset += end + 1
+                line = self._buffer[self._start : end]
+                self._offset += end + 1 - self._start
+                self._start = end + 1
                 return line
+            # Keep only the unread tail: a chunk is split into lines once, not once per line.
+            self._buffer = self._buffer[self._start :]
+            self._start = 0
             if len(self._buffer) > MAX_LINE_BYTES + 1:
                 return self._skip_long_line()
             chunk = self._handle.read(CHUNK)

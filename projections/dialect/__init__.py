@@ -10,14 +10,52 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-# SQLite's limit on bound parameters is 32,766 on current builds; stay well below.
-SQLITE_IN_CHUNK = 500
-POSTGRES_IN_CHUNK = 5_000
+from projections.dialect import lite as _sqlite
+from projections.dialect import pg as _postgres
 
 
-def in_chunk(connection: sa.Connection) -> int:
-    """How many keys one IN (...) lookup may carry."""
-    return POSTGRES_IN_CHUNK if connection.dialect.name == "postgresql" else SQLITE_IN_CHUNK
+def _bulk(connection: sa.Connection) -> Any:
+    return _postgres if connection.dialect.name == "postgresql" else _sqlite
+
+
+def fetch_rows(
+    connection: sa.Connection, table: sa.Table, keys: Sequence[Any]
+) -> list[dict[str, Any]]:
+    """The rows of `table` whose primary key is among `keys`, as driver values."""
+    if not keys:
+        return []
+    rows: list[dict[str, Any]] = _bulk(connection).fetch_rows(connection, table, keys)
+    return rows
+
+
+def fetch_seen(
+    connection: sa.Connection, event_ids: Sequence[str], triples: Sequence[tuple[str, str, str]]
+) -> tuple[set[str], set[tuple[str, str, str]]]:
+    """Event ids and idempotency triples already in the ledger."""
+    if not event_ids and not triples:
+        return set(), set()
+    found: tuple[set[str], set[tuple[str, str, str]]] = _bulk(connection).fetch_seen(
+        connection, event_ids, triples
+    )
+    return found
+
+
+def write_rows(
+    connection: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]], *, upsert: bool
+) -> None:
+    """Bulk insert (or upsert) rows given as dicts of column values."""
+    _bulk(connection).write_rows(connection, table, rows, upsert=upsert)
+
+
+def update_copies(
+    connection: sa.Connection,
+    child: str,
+    reference: str,
+    columns: Sequence[str],
+    values: Sequence[tuple[Any, ...]],
+) -> None:
+    """Copy changed parent values into the child rows that reference them."""
+    _bulk(connection).update_copies(connection, child, reference, columns, values)
 
 
 def upsert(connection: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:

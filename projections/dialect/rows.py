@@ -1,0 +1,77 @@
+"""How row values travel to and from the drivers without SQLAlchemy's per-value processing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC
+from functools import cache
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from projections.tables import UtcDateTime
+
+Convert = Callable[[Any], Any]
+
+
+def _json_text(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def _sqlite_timestamp(value: Any) -> Any:
+    # The text format UtcDateTime stores on SQLite (see tables.py).
+    if value is None or isinstance(value, str):
+        return value
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") + "+00:00"
+
+
+def _integer(value: Any) -> Any:
+    return None if value is None else int(value)
+
+
+def kind(column: sa.Column[Any]) -> str:
+    """json, timestamp, boolean or plain: what a column's values need on the way out."""
+    if isinstance(column.type, sa.JSON):
+        return "json"
+    if isinstance(column.type, UtcDateTime):
+        return "timestamp"
+    if isinstance(column.type, sa.Boolean):
+        return "boolean"
+    return "plain"
+
+
+@cache
+def writer(
+    table: sa.Table, columns: tuple[str, ...], dialect: str
+) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A function turning a row dict into the driver's tuple for `columns`."""
+    converters: list[tuple[int, Convert]] = []
+    for index, name in enumerate(columns):
+        found = kind(table.c[name])
+        if found == "json":
+            converters.append((index, _json_text))
+        elif found == "timestamp" and dialect == "sqlite":
+            converters.append((index, _sqlite_timestamp))
+        elif found == "boolean" and dialect == "sqlite":
+            converters.append((index, _integer))
+
+    def convert(row: dict[str, Any]) -> tuple[Any, ...]:
+        values = [row[name] for name in columns]
+        for index, function in converters:
+            values[index] = function(values[index])
+        return tuple(values)
+
+    return convert
+
+
+def json_columns(table: sa.Table, columns: Sequence[str]) -> list[int]:
+    """Indexes of the JSON columns, which SQLite returns as text."""
+    return [i for i, name in enumerate(columns) if kind(table.c[name]) == "json"]
+
+
+def parse_json(value: Any) -> Any:
+    """JSON text from SQLite as Python values (PostgreSQL's driver already parsed it)."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value

@@ -1,0 +1,395 @@
+"""Rebuild without downtime: build a shadow read model, catch it up, verify it, swap it in.
+
+PostgreSQL builds in the schema `projections_shadow` (unqualified names resolve there
+first through the search path) while the live tables keep answering. The swap is one
+short transaction under the writers' lock: catch the shadow up to the source's head,
+check it, copy the live tables' grants, row-level security and policies onto it, move
+the live tables to an `projections_old_*` schema and the shadow ones into `public`,
+and re-point the views. Readers never see a missing, empty or half-built table.
+
+SQLite builds in a file beside the database and copies the rows in within one
+transaction: readers (WAL) keep seeing the old rows until it commits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from projections import dialect
+from projections.config import Settings
+from projections.db import create_engine
+from projections.errors import ProjectionsError
+from projections.projector import ProgressCallback, RunResult, catch_up, one_batch
+from projections.schema import PROJECTOR_TABLES
+from projections.sources import Source
+from projections.tables import TABLES, metadata
+
+SHARED = ("processed_events", "event_anomalies", "quarantined_events", "projection_checkpoints")
+READ_MODEL = (*(t for ts in PROJECTOR_TABLES.values() for t in ts), *SHARED)
+SHADOW = "projections_shadow"
+
+
+class RebuildError(ProjectionsError):
+    """The shadow read model could not be built or did not pass its checks."""
+
+
+@dataclass
+class SwapReport:
+    """What a finished rebuild swapped in."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    swap_seconds: float = 0.0
+    kept_old: str | None = None
+
+
+def entity_tables(projectors: Sequence[str]) -> list[str]:
+    """The entity tables the given projectors own."""
+    return [t for p in projectors for t in PROJECTOR_TABLES[p]]
+
+
+class Shadow:
+    """A read model built apart from the live one (a schema, or a file on SQLite)."""
+
+    def __init__(self, live: Engine, projectors: Sequence[str], name: str = SHADOW) -> None:
+        self.live = live
+        self.projectors = tuple(projectors)
+        self.name = name
+        self.postgres = live.dialect.name == "postgresql"
+        self.full = set(self.projectors) == set(PROJECTOR_TABLES)
+        self.engine: Engine | None = None
+        if not self.postgres:
+            database = live.url.database
+            if not database or database == ":memory:":
+                raise RebuildError("a rebuild without downtime needs a SQLite file")
+            self.path = Path(f"{database}.{name}")
+
+    # --- building ---------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """True when a shadow from an earlier, unfinished rebuild is there to resume."""
+        if self.postgres:
+            with self.live.connect() as connection:
+                return bool(
+                    connection.execute(
+                        sa.text(
+                            "SELECT count(*) FROM pg_tables WHERE schemaname = :s "
+                            "AND tablename = 'projection_checkpoints'"
+                        ),
+                        {"s": self.name},
+                    ).scalar_one()
+                )
+        return self.path.exists()
+
+    def prepare(self, *, resume: bool) -> bool:
+        """Create an empty shadow (or keep the one there when resuming); True if resumed."""
+        if resume and self.exists():
+            self.engine = self._open()
+            return True
+        self.drop()
+        if self.postgres:
+            with self.live.begin() as connection:
+                connection.exec_driver_sql(f'CREATE SCHEMA "{self.name}"')
+                translated = connection.execution_options(schema_translate_map={None: self.name})
+                metadata.create_all(translated, tables=[TABLES[t] for t in READ_MODEL])
+                for table in self._parents():
+                    columns = _columns(table)
+                    connection.exec_driver_sql(
+                        f'INSERT INTO "{self.name}".{table} ({columns}) '
+                        f"SELECT {columns} FROM public.{table}"
+                    )
+        self.engine = self._open()
+        if not self.postgres:
+            with self.engine.begin() as connection:
+                metadata.create_all(connection, tables=[TABLES[t] for t in READ_MODEL])
+            if self._parents():
+                with _attached(self.engine, self.live, "live") as connection:
+                    for table in self._parents():
+                        columns = _columns(table)
+                        connection.exec_driver_sql(
+                            f"INSERT INTO main.{table} ({columns}) "
+                            f"SELECT {columns} FROM live.{table}"
+                        )
+        return False
+
+    def _parents(self) -> list[str]:
+        """Live tables a one-projector rebuild reads for its copies but does not replace."""
+        others = [p for p in PROJECTOR_TABLES if p not in self.projectors]
+        return entity_tables(others)
+
+    def _open(self) -> Engine:
+        if self.postgres:
+            return create_engine(self.live.url, search_path=f'"{self.name}"')
+        return create_engine(self.live.url.set(database=str(self.path)))
+
+    def build(
+        self,
+        source: Source,
+        config: Settings,
+        *,
+        progress: ProgressCallback | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> RunResult:
+        """Replay the source into the shadow until caught up (or asked to stop)."""
+        assert self.engine is not None
+        return catch_up(
+            self.engine,
+            source,
+            self._settings(config),
+            progress=progress,
+            should_stop=should_stop,
+        )
+
+    def _settings(self, config: Settings) -> Settings:
+        return Settings(
+            database_url=config.database_url,
+            log_url=config.log_url,
+            batch_size=config.batch_size,
+            version_mode=config.version_mode,
+            strict=config.strict,
+            projectors=self.projectors,
+        )
+
+    # --- swapping -----------------------------------------------------------------------
+
+    def swap(self, source: Source, config: Settings, *, keep_old: bool) -> SwapReport:
+        """Catch up to the head, check, and put the shadow in place in one transaction."""
+        assert self.engine is not None
+        started = datetime.now(UTC)
+        if self.postgres:
+            report = self._swap_postgres(source, config, keep_old=keep_old)
+        else:
+            report = self._swap_sqlite(source, config)
+        report.swap_seconds = (datetime.now(UTC) - started).total_seconds()
+        self.drop(keep=report.kept_old is not None)
+        return report
+
+    def _swap_postgres(self, source: Source, config: Settings, *, keep_old: bool) -> SwapReport:
+        settings = self._settings(config)
+        shadow, report = f'"{self.name}"', SwapReport()
+        old = f"projections_old_{datetime.now(UTC):%Y%m%d%H%M%S}"
+        moved = list(READ_MODEL) if self.full else entity_tables(self.projectors)
+        with self.live.connect() as connection, connection.begin():
+            dialect.lock_writers(connection)
+            connection.exec_driver_sql(f"SET LOCAL search_path TO {shadow}, public")
+            while one_batch(connection, source, settings)[0] is not None:
+                pass  # the tail that arrived since the build: the shadow now covers the head
+            connection.exec_driver_sql("SET LOCAL search_path TO public")
+            report.rows = self._check(connection, f"{shadow}.")
+            views = _dependent_views(connection, moved)
+            for table in moved:
+                _copy_security(connection, table, shadow)
+            connection.exec_driver_sql(f'CREATE SCHEMA "{old}"')
+            for table in moved:
+                connection.exec_driver_sql(f'ALTER TABLE public.{table} SET SCHEMA "{old}"')
+                connection.exec_driver_sql(f"ALTER TABLE {shadow}.{table} SET SCHEMA public")
+            if not self.full:
+                self._merge_shared(connection, f"{shadow}.", "public.")
+            for name, definition, options in views:
+                with_options = f" WITH ({', '.join(options)})" if options else ""
+                connection.exec_driver_sql(
+                    f"CREATE OR REPLACE VIEW public.{name}{with_options} AS {definition}"
+                )
+        if keep_old:
+            report.kept_old = old
+        else:
+            with self.live.begin() as connection:
+                connection.exec_driver_sql(f'DROP SCHEMA "{old}" CASCADE')
+        return report
+
+    def _swap_sqlite(self, source: Source, config: Settings) -> SwapReport:
+        assert self.engine is not None
+        settings = self._settings(config)
+        report = SwapReport()
+        catch_up(self.engine, source, settings)  # the tail that arrived during the build
+        with _attached(self.live, self.engine, "shadow") as connection:
+            report.rows = self._check(connection, "shadow.")
+            tables = list(READ_MODEL) if self.full else entity_tables(self.projectors)
+            for table in tables:
+                columns = _columns(table)
+                connection.exec_driver_sql(f"DELETE FROM main.{table}")
+                connection.exec_driver_sql(
+                    f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM shadow.{table}"
+                )
+            if not self.full:
+                self._merge_shared(connection, "shadow.", "main.")
+        return report
+
+    def _check(self, connection: sa.Connection, prefix: str) -> dict[str, int]:
+        """Row counts of the shadow, and every rebuilt projector's checkpoint present."""
+        rows = {
+            table: int(
+                connection.exec_driver_sql(f"SELECT count(*) FROM {prefix}{table}").scalar_one()
+            )
+            for table in READ_MODEL
+        }
+        found = {
+            name
+            for (name,) in connection.exec_driver_sql(
+                f"SELECT projector FROM {prefix}projection_checkpoints"
+            )
+        }
+        missing = set(self.projectors) - found
+        if missing and found:
+            raise RebuildError(f"the shadow has no checkpoint for {sorted(missing)}")
+        return rows
+
+    def _merge_shared(self, connection: sa.Connection, shadow: str, live: str) -> None:
+        """One-projector rebuild: replace that projector's ledger, anomalies and checkpoint."""
+        names = ", ".join(f"'{p}'" for p in self.projectors)
+        for table in ("processed_events", "event_anomalies", "projection_checkpoints"):
+            columns = _columns(table, without=("id",))
+            connection.exec_driver_sql(f"DELETE FROM {live}{table} WHERE projector IN ({names})")
+            connection.exec_driver_sql(
+                f"INSERT INTO {live}{table} ({columns}) SELECT {columns} FROM {shadow}{table} "
+                f"WHERE projector IN ({names})"
+            )
+
+    # --- cleaning up --------------------------------------------------------------------
+
+    def drop(self, *, keep: bool = False) -> None:
+        """Remove the shadow (schema or file)."""
+        if self.engine is not None:
+            self.engine.dispose()
+            self.engine = None
+        if self.postgres:
+            with self.live.begin() as connection:
+                connection.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
+            return
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            candidate = Path(f"{self.path}{suffix}")
+            if candidate.exists():
+                os.remove(candidate)
+
+
+def _columns(table: str, without: Sequence[str] = ()) -> str:
+    return ", ".join(c.name for c in TABLES[table].columns if c.name not in without)
+
+
+@contextmanager
+def _attached(engine: Engine, other: Engine, alias: str) -> Iterator[sa.Connection]:
+    """A transaction on `engine` with `other`'s SQLite file attached as `alias`."""
+    with engine.connect() as connection:
+        # ATTACH cannot run inside a transaction: use the driver before SQLAlchemy begins one.
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        driver.execute(f"ATTACH DATABASE ? AS {alias}", (other.url.database,))
+        try:
+            with connection.begin():
+                yield connection
+        finally:
+            driver.execute(f"DETACH DATABASE {alias}")
+
+
+_VIEWS = sa.text(
+    """
+    SELECT DISTINCT v.relname, pg_get_viewdef(v.oid) AS definition, v.reloptions
+    FROM pg_depend d
+    JOIN pg_rewrite r ON d.objid = r.oid
+    JOIN pg_class v ON r.ev_class = v.oid
+    JOIN pg_class t ON d.refobjid = t.oid
+    JOIN pg_namespace tn ON t.relnamespace = tn.oid
+    WHERE tn.nspname = 'public' AND t.relname = ANY(:tables) AND v.relkind = 'v'
+      AND v.oid <> t.oid
+    """
+)
+
+
+def _dependent_views(
+    connection: sa.Connection, tables: Sequence[str]
+) -> list[tuple[str, str, list[str]]]:
+    """Views over the tables being swapped, with their definitions and options."""
+    rows = connection.execute(_VIEWS, {"tables": list(tables)}).all()
+    return [
+        (row.relname, row.definition.rstrip().rstrip(";"), list(row.reloptions or []))
+        for row in rows
+    ]
+
+
+_ACL = sa.text(
+    """
+    SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END AS grantee,
+           a.privilege_type
+    FROM pg_class c
+    JOIN pg_namespace n ON c.relnamespace = n.oid
+    CROSS JOIN LATERAL aclexplode(c.relacl) a
+    LEFT JOIN pg_roles r ON r.oid = a.grantee
+    WHERE n.nspname = 'public' AND c.relname = :table
+    """
+)
+_RLS = sa.text(
+    """
+    SELECT c.relrowsecurity, c.relforcerowsecurity FROM pg_class c
+    JOIN pg_namespace n ON c.relnamespace = n.oid
+    WHERE n.nspname = 'public' AND c.relname = :table
+    """
+)
+_POLICIES = sa.text(
+    """
+    SELECT policyname, permissive, roles::text[] AS roles, cmd, qual, with_check
+    FROM pg_policies WHERE schemaname = 'public' AND tablename = :table
+    """
+)
+
+
+def _copy_security(connection: sa.Connection, table: str, shadow: str) -> None:
+    """Give the shadow table the live table's grants, row-level security and policies."""
+    for grantee, privilege in connection.execute(_ACL, {"table": table}):
+        connection.exec_driver_sql(f"GRANT {privilege} ON {shadow}.{table} TO {grantee}")
+    enabled, forced = connection.execute(_RLS, {"table": table}).one()
+    if enabled:
+        connection.exec_driver_sql(f"ALTER TABLE {shadow}.{table} ENABLE ROW LEVEL SECURITY")
+    if forced:
+        connection.exec_driver_sql(f"ALTER TABLE {shadow}.{table} FORCE ROW LEVEL SECURITY")
+    for policy in connection.execute(_POLICIES, {"table": table}).mappings():
+        roles = ", ".join(
+            "PUBLIC" if role == "public" else _quote(connection, role) for role in policy["roles"]
+        )
+        statement = (
+            f"CREATE POLICY {_quote(connection, policy['policyname'])} ON {shadow}.{table} "
+            f"AS {policy['permissive']} FOR {policy['cmd']} TO {roles}"
+        )
+        if policy["qual"] is not None:
+            statement += f" USING ({policy['qual']})"
+        if policy["with_check"] is not None:
+            statement += f" WITH CHECK ({policy['with_check']})"
+        connection.exec_driver_sql(statement)
+
+
+def _quote(connection: sa.Connection, name: str) -> str:
+    return str(connection.execute(sa.select(sa.func.quote_ident(name))).scalar_one())
+
+
+def shadow_rebuild(
+    engine: Engine,
+    source: Source,
+    config: Settings,
+    *,
+    projectors: Sequence[str] | None = None,
+    resume: bool = False,
+    keep_old: bool = False,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[RunResult, SwapReport | None, Any]:
+    """Rebuild into a shadow and swap it in; the live model is untouched until the swap."""
+    shadow = Shadow(engine, projectors or tuple(PROJECTOR_TABLES))
+    resumed = shadow.prepare(resume=resume)
+    try:
+        result = shadow.build(source, config, progress=progress, should_stop=should_stop)
+        if result.interrupted:
+            if shadow.engine is not None:
+                shadow.engine.dispose()
+            return result, None, resumed  # kept for --resume
+        report = shadow.swap(source, config, keep_old=keep_old)
+    except BaseException:
+        shadow.drop()
+        raise
+    return result, report, resumed

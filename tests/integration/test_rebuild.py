@@ -1,0 +1,432 @@
+"""Rebuild without downtime (shadow, verify, swap), one-projector rebuilds, and verify."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from projections.generator import Noise, generate
+from tests.helpers import Database, cli
+
+
+def _log(db: Database, events: int, seed: int = 21, name: str = "log.ndjson") -> Path:
+    path = db.tmp / name
+    path.write_bytes(b"".join(generate(events, seed=seed, noise=Noise.default())))
+    return path
+
+
+def _rebuild(db: Database, log: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli("rebuild", "--source", str(log), "--database-url", db.url_text, *args)
+
+
+def _leftovers(db: Database) -> list[str]:
+    """Shadow or old schemas (PostgreSQL) or shadow files (SQLite) left behind."""
+    if db.kind == "postgres":
+        with db.engine.connect() as connection:
+            return list(
+                connection.execute(
+                    sa.text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'projections_%'")
+                ).scalars()
+            )
+    return [p.name for p in db.tmp.iterdir() if ".projections_" in p.name]
+
+
+def test_rebuild_swaps_in_the_same_tables_as_an_in_place_rebuild(database: Database) -> None:
+    """The shadow rebuild yields exactly what replaying in place yields, and leaves nothing."""
+    log = _log(database, 2000)
+    database.project(log, fresh=True)
+    expected = database.snapshot()
+    database.project([], name="other.ndjson", fresh=True)  # an unrelated live model
+    done = _rebuild(database, log, "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["swapped"] is True
+    assert database.snapshot() == expected
+    assert _leftovers(database) == []
+
+
+def test_rebuild_over_a_live_model_keeps_everything_consistent(database: Database) -> None:
+    """Rebuilding a model that is already live replaces it with the replay of the whole log."""
+    log = _log(database, 1500)
+    assert cli("run", "--source", str(log), "--database-url", database.url_text).returncode == 0
+    before = database.snapshot()
+    done = _rebuild(database, log)
+    assert done.returncode == 0, done.stderr
+    assert "swapped in" in done.stdout.splitlines()[0]
+    assert database.snapshot() == before
+    assert set(database.checkpoints().values()) == {log.read_bytes().count(b"\n")}
+
+
+def test_one_projector_rebuild_leaves_the_others_untouched(database: Database) -> None:
+    """rebuild --projector conversations restores conversations only."""
+    log = _log(database, 1500)
+    database.project(log, fresh=True)
+    expected = database.snapshot()
+    with database.engine.begin() as connection:
+        connection.execute(sa.text("UPDATE customers SET name = 'hand edit'"))
+        connection.execute(sa.text("UPDATE conversations SET topic = 'hand edit'"))
+        connection.execute(sa.text("DELETE FROM conversation_participants"))
+    done = _rebuild(database, log, "--projector", "conversations")
+    assert done.returncode == 0, done.stderr
+    after = database.snapshot()
+    assert after["conversations"] == expected["conversations"]
+    assert after["conversation_participants"] == expected["conversation_participants"]
+    assert {r["name"] for r in after["customers"]} == {"hand edit"}
+    for table in (
+        "contacts",
+        "providers",
+        "channel_mappings",
+        "processed_events",
+        "event_anomalies",
+        "quarantined_events",
+    ):
+        assert after[table] == expected[table], table
+    assert _leftovers(database) == []
+
+
+def test_unknown_projector_is_a_usage_error(database: Database) -> None:
+    """--projector with an unknown name exits 2 and names the choices."""
+    log = _log(database, 10)
+    done = _rebuild(database, log, "--projector", "invoices")
+    assert done.returncode == 2
+    assert "conversations" in done.stderr
+
+
+def test_sigterm_leaves_the_live_model_and_resume_finishes(database: Database) -> None:
+    """An interrupted rebuild changes nothing live; --resume completes it from the shadow."""
+    log = _log(database, 30000, seed=4)
+    old = _log(database, 300, seed=9, name="old.ndjson")
+    database.project(old, fresh=True)
+    live = database.snapshot()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "projections",
+            "rebuild",
+            "--source",
+            str(log),
+            "--database-url",
+            database.url_text,
+            "--batch-size",
+            "500",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.5)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.fail("the rebuild finished before it could be interrupted: use a larger log")
+    assert process.returncode == 1, err
+    assert "--resume" in err
+    assert database.snapshot() == live
+    done = _rebuild(database, log, "--resume", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["resumed"] is True
+    resumed = database.snapshot()
+    database.project(log, fresh=True)
+    assert resumed == database.snapshot()
+    assert _leftovers(database) == []
+
+
+@pytest.mark.slow
+def test_killed_rebuilds_never_touch_the_live_model(database: Database) -> None:
+    """SIGKILL at random moments: the live tables are the old ones or the new, never between."""
+    log = _log(database, 20000, seed=8)
+    old = _log(database, 400, seed=2, name="old.ndjson")
+    database.project(log, fresh=True)
+    new = database.snapshot()
+    database.project(old, fresh=True)
+    live = database.snapshot()
+    rnd = random.Random(5)
+    interrupted = 0
+    for _ in range(5):
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "projections",
+                "rebuild",
+                "--source",
+                str(log),
+                "--database-url",
+                database.url_text,
+                "--batch-size",
+                str(rnd.choice([200, 1000])),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rnd.uniform(0.3, 3.0))
+        process.kill()
+        process.wait()
+        after = database.snapshot()
+        assert after in (live, new), "a killed rebuild left a half-swapped read model"
+        if after == live:
+            interrupted += 1
+        else:
+            database.project(old, fresh=True)  # it swapped before the kill: start again
+    assert interrupted > 0, "every rebuild finished before its kill: the trials prove nothing"
+    done = _rebuild(database, log)
+    assert done.returncode == 0, done.stderr
+    assert database.snapshot() == new
+    assert _leftovers(database) == []
+
+
+def _reader(dsn: str, tables: list[str], stop_file: Path, out_file: Path) -> subprocess.Popen[str]:
+    code = f"""
+import json, sys, time, psycopg
+from pathlib import Path
+tables = {tables!r}
+seen, errors = [], []
+with psycopg.connect({dsn!r}, autocommit=True) as c:
+    while not Path({str(stop_file)!r}).exists():
+        row = {{}}
+        for t in tables:
+            try:
+                row[t] = c.execute(f"SELECT count(*) FROM {{t}}").fetchone()[0]
+            except Exception as e:
+                errors.append(f"{{t}}: {{e}}")
+        seen.append(row)
+Path({str(out_file)!r}).write_text(json.dumps({{"seen": seen, "errors": errors}}))
+"""
+    return subprocess.Popen([sys.executable, "-c", code], text=True)
+
+
+@pytest.mark.slow
+def test_readers_never_see_a_missing_empty_or_shrinking_table(
+    postgres_database: Database,
+) -> None:
+    """A reader querying every table through a rebuild sees no error and no drop in rows."""
+    db = postgres_database
+    log = _log(db, 60000, seed=13)
+    lines = log.read_bytes().splitlines(keepends=True)
+    prefix = db.tmp / "prefix.ndjson"
+    prefix.write_bytes(b"".join(lines[: len(lines) * 3 // 4]))
+    db.project(prefix, fresh=True)
+    with db.engine.begin() as connection:
+        connection.execute(sa.text("DELETE FROM projection_checkpoints"))
+    tables = [
+        "customers",
+        "contacts",
+        "providers",
+        "channel_mappings",
+        "conversations",
+        "conversation_participants",
+        "processed_events",
+        "projection_checkpoints",
+    ]
+    dsn = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    stop, out = db.tmp / "stop", db.tmp / "reader.json"
+    reader = _reader(dsn, tables, stop, out)
+    time.sleep(0.5)
+    done = _rebuild(db, log)
+    time.sleep(0.5)
+    stop.touch()
+    reader.wait(timeout=60)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(out.read_text())
+    assert result["errors"] == []
+    seen = result["seen"]
+    assert len(seen) > 10
+    for table in tables:
+        counts = [row[table] for row in seen if table != "projection_checkpoints"]
+        if counts:
+            assert counts == sorted(counts), f"{table} shrank during the rebuild"
+            assert counts[0] > 0
+    assert seen[-1]["conversations"] >= seen[0]["conversations"]
+
+
+def test_swap_keeps_grants_row_security_and_views(postgres_database: Database) -> None:
+    """Grants, RLS flags and policies of the live tables survive the swap; views follow."""
+    db = postgres_database
+    log = _log(db, 800)
+    db.project(log, fresh=True)
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE ROLE {role}")
+        connection.exec_driver_sql(f"GRANT SELECT ON customers TO {role}")
+        connection.exec_driver_sql(
+            "CREATE POLICY test_only_enabled ON customers FOR SELECT "
+            f"TO {role} USING (status = 'enabled')"
+        )
+        connection.exec_driver_sql("ALTER TABLE customers ENABLE ROW LEVEL SECURITY")
+        connection.exec_driver_sql(
+            "CREATE VIEW test_enabled_customers AS SELECT customer_id FROM customers "
+            "WHERE status = 'enabled'"
+        )
+    try:
+        done = _rebuild(db, log)
+        assert done.returncode == 0, done.stderr
+        with db.engine.connect() as connection:
+            grants = (
+                connection.execute(
+                    sa.text(
+                        "SELECT privilege_type FROM information_schema.role_table_grants "
+                        "WHERE table_name = 'customers' AND grantee = :r"
+                    ),
+                    {"r": role},
+                )
+                .scalars()
+                .all()
+            )
+            assert grants == ["SELECT"]
+            assert (
+                connection.execute(
+                    sa.text(
+                        "SELECT relrowsecurity FROM pg_class "
+                        "WHERE oid = 'public.customers'::regclass"
+                    )
+                ).scalar_one()
+                is True
+            )
+            assert (
+                connection.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_policies WHERE tablename = 'customers' "
+                        "AND policyname = 'test_only_enabled'"
+                    )
+                ).scalar_one()
+                == 1
+            )
+            through_view = connection.execute(
+                sa.text("SELECT count(*) FROM test_enabled_customers")
+            ).scalar_one()
+            direct = connection.execute(
+                sa.text("SELECT count(*) FROM customers WHERE status = 'enabled'")
+            ).scalar_one()
+            assert through_view == direct > 0
+            depends_on = (
+                connection.execute(
+                    sa.text(
+                        "SELECT DISTINCT t.relnamespace::regnamespace::text FROM pg_depend d "
+                        "JOIN pg_rewrite r ON d.objid = r.oid "
+                        "JOIN pg_class t ON d.refobjid = t.oid "
+                        "WHERE r.ev_class = 'test_enabled_customers'::regclass AND t.relkind = 'r'"
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            assert depends_on == ["public"]
+    finally:
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql("DROP VIEW IF EXISTS test_enabled_customers")
+            connection.exec_driver_sql("DROP POLICY IF EXISTS test_only_enabled ON customers")
+            connection.exec_driver_sql("ALTER TABLE customers DISABLE ROW LEVEL SECURITY")
+            connection.exec_driver_sql(f"REVOKE ALL ON customers FROM {role}")
+            connection.exec_driver_sql(f"DROP ROLE {role}")
+
+
+def test_verify_passes_on_a_faithful_model(database: Database) -> None:
+    """verify exits 0 when the live tables equal a replay of the source."""
+    log = _log(database, 1200)
+    assert _rebuild(database, log).returncode == 0
+    done = cli("verify", "--source", str(log), "--database-url", database.url_text, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["identical"] is True
+    assert _leftovers(database) == []
+
+
+def test_verify_finds_changed_deleted_and_extra_rows(database: Database) -> None:
+    """A row changed, a row deleted and a row added by hand are each reported with its key."""
+    log = _log(database, 1200)
+    assert _rebuild(database, log).returncode == 0
+    contact = database.rows("contacts")[3]["contact_id"]
+    customer = database.rows("customers")[0]["customer_id"]
+    with database.engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE customers SET name = 'forged' WHERE customer_id = :c"), {"c": customer}
+        )
+        connection.execute(sa.text("DELETE FROM contacts WHERE contact_id = :c"), {"c": contact})
+        connection.execute(
+            sa.text(
+                "INSERT INTO providers (provider_id, version, attributes) VALUES ('prv_x', 1, '{}')"
+            )
+        )
+    done = cli("verify", "--source", str(log), "--database-url", database.url_text, "--json")
+    assert done.returncode == 1
+    report = {t["table"]: t for t in json.loads(done.stdout)["tables"]}
+    assert report["customers"]["differing"] == 1
+    assert report["customers"]["first_differing"][0]["key"] == customer
+    assert report["customers"]["first_differing"][0]["columns"]["name"]["live"] == "forged"
+    assert report["contacts"]["missing"] == 1
+    assert report["contacts"]["first_missing"] == [contact]
+    assert report["providers"]["extra"] == 1
+    assert report["providers"]["first_extra"] == ["prv_x"]
+    text = cli("verify", "--source", str(log), "--database-url", database.url_text)
+    assert text.returncode == 1
+    assert "DIFFERENT" in text.stdout
+    assert _leftovers(database) == []
+
+
+def test_verify_compares_at_the_live_position(database: Database) -> None:
+    """Lines appended after the last run do not make verify fail."""
+    log = _log(database, 1000)
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:600]))
+    assert cli("run", "--source", str(log), "--database-url", database.url_text).returncode == 0
+    log.write_bytes(b"".join(lines))
+    done = cli("verify", "--source", str(log), "--database-url", database.url_text, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["position"] == 600
+
+
+def test_status_says_when_a_projector_was_built_by_other_code(database: Database) -> None:
+    """A stored fingerprint unlike the code's makes status warn; run --rebuild-if-changed fixes."""
+    log = _log(database, 600)
+    assert _rebuild(database, log).returncode == 0
+    clean = json.loads(cli("status", "--database-url", database.url_text, "--json").stdout)
+    assert not any(p["rebuild_needed"] for p in clean["projectors"])
+    assert {p["fingerprint"] == p["code_fingerprint"] for p in clean["projectors"]} == {True}
+    expected = database.snapshot()
+    with database.engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "UPDATE projection_checkpoints SET fingerprint = 'built-by-v0' "
+                "WHERE projector = 'conversations'"
+            )
+        )
+        connection.execute(sa.text("UPDATE conversations SET topic = 'old code wrote this'"))
+    status = json.loads(cli("status", "--database-url", database.url_text, "--json").stdout)
+    needed = {p["projector"] for p in status["projectors"] if p["rebuild_needed"]}
+    assert needed == {"conversations"}
+    assert (
+        "rebuild needed: conversations" in cli("status", "--database-url", database.url_text).stdout
+    )
+    done = cli(
+        "run", "--source", str(log), "--database-url", database.url_text, "--rebuild-if-changed"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "rebuilding conversations" in done.stderr
+    assert database.snapshot() == expected
+    after = json.loads(cli("status", "--database-url", database.url_text, "--json").stdout)
+    assert not any(p["rebuild_needed"] for p in after["projectors"])
+
+
+def test_fingerprint_follows_the_handler_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bumping a family's VERSION changes its fingerprint and only its own."""
+    from projections import fingerprint
+    from projections.families import conversations
+
+    before = fingerprint.current()
+    monkeypatch.setattr(conversations, "VERSION", conversations.VERSION + 1)
+    after = fingerprint.current()
+    assert after["conversations"] != before["conversations"]
+    assert {k: v for k, v in after.items() if k != "conversations"} == {
+        k: v for k, v in before.items() if k != "conversations"
+    }
