@@ -1,0 +1,133 @@
+"""The Typer app, the options every verb shares, and turning errors into exit codes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Annotated, TypeVar
+
+import orjson
+import sqlalchemy as sa
+import typer
+from rich.console import Console
+
+from projections import redact, runs, runtime
+from projections.config import Settings, VersionMode, ndjson_path, redact_pii_key
+from projections.config import database_url as read_model_url
+from projections.errors import ProjectionsError
+from projections.events import utc_now
+from projections.follow import stop_on_signals
+from projections.progress import BatchProgress
+from projections.projector import RunResult
+from projections.report import (
+    summary_line,
+)
+
+app = typer.Typer(
+    help="Keep SQL read models of customers, contacts, providers, channels and conversations.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="Read-model database (default: $PROJECTIONS_DATABASE_URL, "
+        "else sqlite:///projections.db).",
+        show_default=False,
+    ),
+]
+LogUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--log-url",
+        help="Database holding event_log, when not the read model's "
+        "(default: $PROJECTIONS_LOG_URL).",
+        show_default=False,
+    ),
+]
+SourceOption = Annotated[
+    str, typer.Option("--source", "-s", help="An NDJSON file (.ndjson, .jsonl, .gz) or 'db'.")
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+BatchSize = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size", min=1, help="Events per transaction (default 5000).", show_default=False
+    ),
+]
+VersionModeOption = Annotated[
+    VersionMode,
+    typer.Option(
+        "--version-mode", help="sequence: versions count per aggregate; none: ignore them."
+    ),
+]
+StrictFlag = Annotated[
+    bool, typer.Option("--strict", help="Quarantine unknown event names instead of skipping them.")
+]
+RedactFlag = Annotated[
+    bool | None,
+    typer.Option(
+        "--redact-pii/--keep-pii",
+        help="Store a keyed hash of channel addresses and display names (key: "
+        "$PROJECTIONS_REDACT_PII_KEY; default: $PROJECTIONS_REDACT_PII, else keep).",
+        show_default=False,
+    ),
+]
+
+
+def guarded(action: Callable[[], T]) -> T:
+    """Run a command body, turning our errors into a message and an exit code."""
+    try:
+        return action()
+    except ProjectionsError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+    except sa.exc.SQLAlchemyError as exc:
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        err.print(f"[bold red]database error:[/] {detail}", highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def with_redaction(
+    flag: bool | None, database_url: str | None, action: Callable[[], T], *, keep_rows: bool
+) -> T:
+    """Run a projecting verb with PII redaction on or off, never mixing both in one model."""
+    key = redact_pii_key(flag)
+    if keep_rows:
+        redact.check_read_model(read_model_url(database_url), key)
+    with redact.redacting(key):
+        return action()
+
+
+def project(
+    verb: str,
+    source_name: str,
+    config: Settings,
+    as_json: bool,
+    work: Callable[..., RunResult],
+) -> None:
+    if source_name != "db":
+        ndjson_path(source_name)  # refuse a bad path before touching the database
+    with (
+        stop_on_signals() as stop,
+        runtime.engine(config.database_url, migrate_first=True) as engine,
+        runtime.source(source_name, config, engine) as source,
+    ):
+        show = not as_json and sys.stdout.isatty()
+        started = utc_now()
+        with BatchProgress(out, source, enabled=show, label=verb) as progress:
+            result = work(engine, source, config, progress=progress.update, should_stop=stop.is_set)
+        runs.record(engine, verb, source.label, started, result)
+    if as_json:
+        out.print_json(orjson.dumps(result.summary()).decode())
+    else:
+        out.print(summary_line(verb, result), highlight=False, soft_wrap=True)
