@@ -13,7 +13,7 @@ from sqlalchemy.exc import ArgumentError
 from projections.errors import ConfigurationError
 
 DEFAULT_DATABASE_URL = "sqlite:///projections.db"
-DEFAULT_BATCH_SIZE = 5_000
+DEFAULT_BATCH_SIZE = 10_000
 NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".json", ".gz")
 
 

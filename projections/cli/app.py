@@ -58,7 +58,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object in
 BatchSize = Annotated[
     int | None,
     typer.Option(
-        "--batch-size", min=1, help="Events per transaction (default 5000).", show_default=False
+        "--batch-size", min=1, help="Events per transaction (default 10000).", show_default=False
     ),
 ]
 VersionModeOption = Annotated[

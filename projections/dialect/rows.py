@@ -25,7 +25,9 @@ def _sqlite_timestamp(value: Any) -> Any:
     # The text format UtcDateTime stores on SQLite (see tables.py).
     if value is None or isinstance(value, str):
         return value
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") + "+00:00"
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(sep=" ", timespec="microseconds")
 
 
 def _integer(value: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Final, cast
@@ -27,6 +28,19 @@ def _occurred_at(line: bytes) -> datetime | None:
         )
     except Exception:  # a bad last line simply has no time
         return None
+
+
+def _read_some(handle: IO[bytes], path: Path, gzipped: bool) -> bytes:
+    """Up to CHUNK bytes; b"" at the end of what is written so far."""
+    try:
+        if gzipped:
+            # read1: read() of a stream cut short raises and drops what it had decompressed.
+            return cast(gzip.GzipFile, handle).read1(CHUNK)
+        return handle.read(CHUNK)
+    except EOFError:
+        return b""  # a gzip stream still being written: wait for the rest, like a half line
+    except (OSError, zlib.error) as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc}") from exc
 
 
 class NdjsonSource:
@@ -175,7 +189,7 @@ class NdjsonSource:
             self._start = 0
             if len(self._buffer) > MAX_LINE_BYTES + 1:
                 return self._skip_long_line()
-            chunk = self._handle.read(CHUNK)
+            chunk = _read_some(self._handle, self.path, self.gzipped)
             if not chunk:
                 return None  # a final line without a newline waits until it is complete
             self._buffer += chunk
@@ -188,7 +202,7 @@ class NdjsonSource:
         self._recent_exact = False
         self._buffer = b""
         while True:
-            chunk = self._handle.read(CHUNK)
+            chunk = _read_some(self._handle, self.path, self.gzipped)
             if not chunk:
                 # Incomplete: rewind so the line is read again once it is complete.
                 self._reposition(self._offset)
@@ -211,7 +225,7 @@ class NdjsonSource:
         with self._open() as handle:
             handle.seek(offset)
             pending = b""
-            while chunk := handle.read(CHUNK):
+            while chunk := _read_some(handle, self.path, self.gzipped):
                 pending += chunk
                 lines = pending.split(b"\n")
                 pending = lines.pop()
