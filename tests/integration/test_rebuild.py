@@ -125,7 +125,7 @@ def test_sigterm_leaves_the_live_model_and_resume_finishes(database: Database) -
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2.5)
+    _wait_for_shadow_progress(database)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     if process.returncode == 0:
@@ -184,6 +184,35 @@ def test_killed_rebuilds_never_touch_the_live_model(database: Database) -> None:
     assert done.returncode == 0, done.stderr
     assert database.snapshot() == new
     assert _leftovers(database) == []
+
+
+def _wait_for_shadow_progress(db: Database, timeout: float = 60) -> None:
+    """Return once the shadow of a running rebuild holds a checkpoint (it is mid-way)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if db.kind == "postgres":
+                with db.engine.connect() as connection:
+                    found = connection.execute(
+                        sa.text("SELECT count(*) FROM projections_shadow.projection_checkpoints")
+                    ).scalar_one()
+            else:
+                shadow = Path(f"{db.url.database}.projections_shadow")
+                if not shadow.exists():
+                    time.sleep(0.02)
+                    continue
+                engine = sa.create_engine(f"sqlite:///file:{shadow}?mode=ro&uri=true")
+                with engine.connect() as connection:
+                    found = connection.execute(
+                        sa.text("SELECT count(*) FROM projection_checkpoints")
+                    ).scalar_one()
+                engine.dispose()
+            if found:
+                return
+        except sa.exc.SQLAlchemyError:
+            pass  # not created yet
+        time.sleep(0.02)
+    raise AssertionError("the rebuild never made progress in its shadow")
 
 
 def _reader(dsn: str, tables: list[str], stop_file: Path, out_file: Path) -> subprocess.Popen[str]:
