@@ -100,6 +100,7 @@ class Shadow:
                 connection.exec_driver_sql(f'CREATE SCHEMA "{self.name}"')
                 translated = connection.execution_options(schema_translate_map={None: self.name})
                 metadata.create_all(translated, tables=[TABLES[t] for t in READ_MODEL])
+                _deferred_indexes(translated, create=False)
                 for table in self._parents():
                     columns = _columns(table)
                     connection.exec_driver_sql(
@@ -110,6 +111,7 @@ class Shadow:
         if not self.postgres:
             with self.engine.begin() as connection:
                 metadata.create_all(connection, tables=[TABLES[t] for t in READ_MODEL])
+                _deferred_indexes(connection, create=False)
             if self._parents():
                 with _attached(self.engine, self.live, "live") as connection:
                     for table in self._parents():
@@ -163,6 +165,8 @@ class Shadow:
     def swap(self, source: Source, config: Settings, *, keep_old: bool) -> SwapReport:
         """Catch up to the head, check, and put the shadow in place in one transaction."""
         assert self.engine is not None
+        with self.engine.begin() as connection:
+            _deferred_indexes(connection, create=True)  # built once, after the bulk load
         started = datetime.now(UTC)
         if self.postgres:
             report = self._swap_postgres(source, config, keep_old=keep_old)
@@ -268,6 +272,30 @@ class Shadow:
             candidate = Path(f"{self.path}{suffix}")
             if candidate.exists():
                 os.remove(candidate)
+
+
+# Indexes the build itself reads through; every other secondary index is built at the end.
+BUILD_INDEXES = frozenset(
+    {
+        ("processed_events", ("projector", "aggregate_id", "idempotency_key")),
+        ("channel_mappings", ("provider_id",)),
+        ("conversations", ("channel_id",)),
+        ("conversations", ("contact_id",)),
+    }
+)
+
+
+def _deferred_indexes(connection: sa.Connection, *, create: bool) -> None:
+    """Drop (or create, if missing) the secondary indexes a bulk build does without."""
+    for name in READ_MODEL:
+        table = TABLES[name]
+        for index in sorted(table.indexes, key=lambda i: [c.name for c in i.columns]):
+            if (name, tuple(c.name for c in index.columns)) in BUILD_INDEXES:
+                continue
+            if create:
+                connection.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+            else:
+                connection.execute(sa.schema.DropIndex(index, if_exists=True))
 
 
 def _columns(table: str, without: Sequence[str] = ()) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from projections import migrate
 from projections.generator import Noise, generate
 from tests.helpers import Database, cli
 
@@ -53,6 +54,7 @@ def test_rebuild_swaps_in_the_same_tables_as_an_in_place_rebuild(database: Datab
     assert summary["swapped"] is True
     assert database.snapshot() == expected
     assert _leftovers(database) == []
+    migrate.check(database.engine)  # the swapped-in tables and indexes are the migrated ones
 
 
 def test_rebuild_over_a_live_model_keeps_everything_consistent(database: Database) -> None:
