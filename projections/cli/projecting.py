@@ -235,6 +235,9 @@ def follow_command(
         else:
             out.print(summary_line("follow", result), highlight=False, soft_wrap=True)
 
+    def failed(message: str, delay: float) -> None:
+        err.print(f"follow: {message}; retrying in {delay:g} s", highlight=False)
+
     def work() -> None:
         config = runtime.settings(
             database_url, batch_size, log_url, version_mode=version_mode, strict=strict
@@ -246,7 +249,15 @@ def follow_command(
             runtime.engine(config.database_url, migrate_first=True) as engine,
             runtime.source(source, config, engine) as opened,
         ):
-            follow(engine, opened, config, stop=stop, poll=poll, on_result=report)
+            follow(
+                engine,
+                opened,
+                config,
+                stop=stop,
+                poll=poll,
+                on_result=report,
+                on_failure=failed,
+            )
 
     guarded(lambda: with_redaction(redact_pii, database_url, work, keep_rows=True))
 

@@ -462,3 +462,51 @@ def test_the_readme_insert_statement_works(database: Database) -> None:
     result = catch_up(database.engine, EventLogSource(database.engine), database.settings())
     assert result.counters.applied == 1
     assert database.row("conversations", "cnv_1")["status"] == "closed"  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_follow_survives_terminated_connections(postgres_database: Database) -> None:
+    """follow keeps going when its backends are terminated, and applies what comes after."""
+    from tests.conftest import ADMIN_URL
+
+    database = postgres_database
+    _import(
+        database, write_log(database.tmp / "a.ndjson", [ev("CustomerCreated", "cus_1", name="A")])
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "projections",
+            "follow",
+            "--source",
+            "db",
+            "--database-url",
+            database.url_text,
+            "--json",
+            "--poll",
+            "0.2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: database.row("customers", "cus_1") is not None)
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND application_name = 'projections'",
+                (database.url.database,),
+            )
+        _import(
+            database,
+            write_log(database.tmp / "b.ndjson", [ev("CustomerCreated", "cus_2", name="B")]),
+        )
+        _wait_for(lambda: database.row("customers", "cus_2") is not None, timeout=30)
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
