@@ -12,7 +12,13 @@ import orjson
 from sqlalchemy.engine import Engine
 
 from projections import dialect
-from projections.events import MAX_DEPTH, MAX_EVENT_ID, MAX_LINE_BYTES, parse_occurred_at
+from projections.events import (
+    MAX_DEPTH,
+    MAX_EVENT_ID,
+    MAX_KEY,
+    MAX_LINE_BYTES,
+    parse_occurred_at,
+)
 from projections.sources.ndjson import NdjsonSource
 from projections.tables import TABLES
 
@@ -81,6 +87,8 @@ def entry(line: bytes) -> dict[str, Any]:
         raise Unstorable("too_deep", f"nesting deeper than {MAX_DEPTH}") from None
     if not isinstance(document, dict):
         raise Unstorable("not_an_object", f"a JSON {type(document).__name__}, not an object")
+    if line.count(b"{") + line.count(b"[") > MAX_DEPTH and _deeper_than(document, MAX_DEPTH):
+        raise Unstorable("too_deep", f"nesting deeper than {MAX_DEPTH}")
     if b"\\u0000" in line and _holds_nul(document):
         raise Unstorable("nul_character", "a NUL character cannot be stored")
     event_id = document.get("event_id")
@@ -116,8 +124,22 @@ def _holds_nul(document: Any) -> bool:
     return False
 
 
+def _deeper_than(document: Any, limit: int) -> bool:
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > limit:
+                return True
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
+    return False
+
+
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    # Longer values go into the event only: the indexed columns cap an entry's size,
+    # and such an event is quarantined when it is projected anyway.
+    return value if isinstance(value, str) and value and len(value) <= MAX_KEY else None
 
 
 def _timestamp(value: Any) -> datetime | None:

@@ -12,6 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
+from projections import dialect
 from projections.errors import SchemaError
 
 # migrations/ is mapped into the package as projections.migrations (see pyproject.toml).
@@ -53,6 +54,11 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
             "projections (newer code wrote it): upgrade projections"
         )
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Two processes starting on an empty database: the second waits, then finds
+            # the schema at head and does nothing (alembic reads the revision under the lock).
+            key = dialect.lock_key("migrate")
+            connection.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
         command.upgrade(alembic_config(connection), "head")
     return before, head_revision()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sqlite3
 import sys
 import threading
 import time
@@ -13,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import psycopg
 import sqlalchemy as sa
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
@@ -158,7 +160,13 @@ class CatchUpJob:
                 progress=self._on_batch,
                 should_stop=self.stop.is_set,
             )
-        except (sa.exc.SQLAlchemyError, ProjectionsError, OSError) as exc:
+        except (
+            sa.exc.SQLAlchemyError,
+            psycopg.Error,
+            sqlite3.Error,
+            ProjectionsError,
+            OSError,
+        ) as exc:
             self._failed(started, clock, exc)
             return
         finally:

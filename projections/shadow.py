@@ -87,7 +87,13 @@ class Shadow:
                         {"s": self.name},
                     ).scalar_one()
                 )
-        return self.path.exists()
+        if not self.path.exists():
+            return False
+        probe = create_engine(self.live.url.set(database=str(self.path)))
+        try:
+            return sa.inspect(probe).has_table("projection_checkpoints")
+        finally:
+            probe.dispose()
 
     def prepare(self, *, resume: bool) -> bool:
         """Create an empty shadow (or keep the one there when resuming); True if resumed."""
@@ -409,8 +415,8 @@ def shadow_rebuild(
 ) -> tuple[RunResult, SwapReport | None, Any]:
     """Rebuild into a shadow and swap it in; the live model is untouched until the swap."""
     shadow = Shadow(engine, projectors or tuple(PROJECTOR_TABLES))
-    resumed = shadow.prepare(resume=resume)
     try:
+        resumed = shadow.prepare(resume=resume)
         result = shadow.build(source, config, progress=progress, should_stop=should_stop)
         if result.interrupted:
             if shadow.engine is not None:

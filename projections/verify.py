@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +116,9 @@ def verify(
     return VerifyReport(position, diffs)
 
 
-def _rows(engine: Engine, table: str) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
+def _rows(
+    engine: Engine, table: str
+) -> Generator[tuple[tuple[Any, ...], dict[str, Any]], None, None]:
     t = TABLES[table]
     keys = _KEYS[table]
     # Byte order on both databases, which is Python's order for str: the merge relies on it.
@@ -141,6 +143,21 @@ def _compare(live: Engine, scratch: Engine, table: str) -> TableDiff:
     """Merge the two tables in key order and record what differs."""
     diff = TableDiff(table)
     left, right = _rows(live, table), _rows(scratch, table)
+    try:
+        _merge(table, diff, left, right)
+    finally:
+        # Close both cursors and their connections before anyone drops the scratch tables.
+        left.close()
+        right.close()
+    return diff
+
+
+def _merge(
+    table: str,
+    diff: TableDiff,
+    left: Iterator[tuple[tuple[Any, ...], dict[str, Any]]],
+    right: Iterator[tuple[tuple[Any, ...], dict[str, Any]]],
+) -> None:
     have, want = next(left, None), next(right, None)
     while have is not None or want is not None:
         if want is None or (have is not None and have[0] < want[0]):
@@ -168,7 +185,6 @@ def _compare(live: Engine, scratch: Engine, table: str) -> TableDiff:
                     },
                 )
             have, want = next(left, None), next(right, None)
-    return diff
 
 
 def _key(table: str, row: dict[str, Any]) -> Any:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
 import orjson
+import psycopg
 import sqlalchemy as sa
 import typer
 from rich.console import Console
@@ -88,7 +90,8 @@ def guarded(action: Callable[[], T]) -> T:
     except ProjectionsError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
-    except sa.exc.SQLAlchemyError as exc:
+    except (sa.exc.SQLAlchemyError, psycopg.Error, sqlite3.Error) as exc:
+        # The bulk paths use the drivers directly: their errors arrive unwrapped.
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         err.print(f"[bold red]database error:[/] {detail}", highlight=False)
         raise typer.Exit(1) from None
