@@ -1022,13 +1022,17 @@ _LAYERS = (  # (layer, pattern on "function (file)") for the leaf frame, first m
         r") \((psycopg|sqlite3)",
     ),
     ("sqlite3 (C: SQL execution)", r"\(sqlite3|\(<built-in method (execute|executemany|commit)"),
+    (
+        "SQLite in C (commit, execute: leaf frames in SQLAlchemy)",
+        r"^DefaultDialect\.do_(commit|execute|executemany) \(sqlalchemy",
+    ),
     ("psycopg (driver, Python side)", r"\(psycopg/"),
     ("sqlalchemy (core, compile, types)", r"\(sqlalchemy/"),
     ("orjson / json", r"orjson|\(json/"),
     ("projections.sources (reading lines)", r"\(projections/sources/"),
     ("projections.events (decode, validate)", r"\(projections/events\.py"),
     ("projections fold + families", r"\(projections/(fold|batch|families/)"),
-    ("projections.store + dialect", r"\(projections/(store|dialect)\.py"),
+    ("projections.store + dialect", r"\(projections/(store\.py|dialect)"),
     ("projections (other)", r"\(projections/"),
 )
 
@@ -1088,10 +1092,12 @@ def profile(args: argparse.Namespace) -> int:
     events = count_lines(log)
     pg = Postgres(args.pg_url)
     try:
-        targets = [
-            ("postgresql", pg.fresh(run, "profile")),
-            ("sqlite", sqlite_fresh(run, workdir / "profile.sqlite")),
-        ]
+        only = set(args.only.split(",")) if args.only else {"rebuild-pg", "rebuild-sqlite"}
+        targets = []
+        if "rebuild-pg" in only:
+            targets.append(("postgresql", pg.fresh(run, "profile")))
+        if "rebuild-sqlite" in only:
+            targets.append(("sqlite", sqlite_fresh(run, workdir / "profile.sqlite")))
         for name, url in targets:
             raw = workdir / f"profile-{name}.txt"
             command = [
@@ -1155,7 +1161,11 @@ def parser() -> argparse.ArgumentParser:
         default="sqlite",
         help="where the big-log rebuild writes (compared with the N-event rebuild there)",
     )
-    p.add_argument("--only", help=f"comma-separated subset of {','.join(MEASUREMENTS)}")
+    p.add_argument(
+        "--only",
+        help=f"comma-separated subset of {','.join(MEASUREMENTS)} (with --profile: "
+        "rebuild-pg and/or rebuild-sqlite)",
+    )
     p.add_argument(
         "--pg-url",
         default="postgresql://postgres@127.0.0.1:5432/postgres",
