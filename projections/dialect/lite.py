@@ -8,13 +8,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from projections.dialect.rows import json_columns, parse_json, writer
-
-
-def _cursor(connection: sa.Connection) -> Any:
-    driver = connection.connection.driver_connection
-    assert driver is not None
-    return driver.cursor()
+from projections.dialect.rows import driver_cursor, json_columns, parse_json, writer
 
 
 def fetch_rows(
@@ -28,7 +22,7 @@ def fetch_rows(
     else:
         picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(key_columns)))
         where = f"({', '.join(key_columns)}) IN (SELECT {picks} FROM json_each(?))"
-    cursor = _cursor(connection)
+    cursor = driver_cursor(connection)
     cursor.execute(
         f"SELECT {', '.join(columns)} FROM {table.name} WHERE {where}",
         (orjson.dumps(list(keys)).decode(),),
@@ -47,7 +41,7 @@ def fetch_seen(
     connection: sa.Connection, event_ids: Sequence[str], triples: Sequence[tuple[str, str, str]]
 ) -> tuple[set[str], set[tuple[str, str, str]]]:
     """Event ids and (projector, aggregate, idempotency key) triples already in the ledger."""
-    cursor = _cursor(connection)
+    cursor = driver_cursor(connection)
     cursor.execute(
         "SELECT event_id FROM processed_events WHERE event_id IN (SELECT value FROM json_each(?))",
         (orjson.dumps(list(event_ids)).decode(),),
@@ -81,7 +75,7 @@ def write_rows(
         keys = [c.name for c in table.primary_key.columns]
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
         statement += f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
-    _cursor(connection).executemany(statement, [convert(row) for row in rows])
+    driver_cursor(connection).executemany(statement, [convert(row) for row in rows])
 
 
 def _generated(column: sa.Column[Any], sample: dict[str, Any]) -> bool:
@@ -100,7 +94,7 @@ def update_copies(
     if not values:
         return
     names = ["ref", *(f"v{i}" for i in range(len(columns)))]
-    cursor = _cursor(connection)
+    cursor = driver_cursor(connection)
     cursor.execute(
         f"CREATE TEMP TABLE IF NOT EXISTS copies_{len(columns)} "
         f"(ref TEXT PRIMARY KEY, {', '.join(f'{n} TEXT' for n in names[1:])})"

@@ -7,13 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from projections.dialect.rows import writer
-
-
-def _cursor(connection: sa.Connection) -> Any:
-    driver = connection.connection.driver_connection
-    assert driver is not None
-    return driver.cursor()
+from projections.dialect.rows import driver_cursor, writer
 
 
 def fetch_rows(
@@ -22,7 +16,7 @@ def fetch_rows(
     """The rows of `table` whose primary key is among `keys` (tuples for composite keys)."""
     columns = [c.name for c in table.columns]
     key_columns = [c.name for c in table.primary_key.columns]
-    cursor = _cursor(connection)
+    cursor = driver_cursor(connection)
     if len(key_columns) == 1:
         cursor.execute(
             f"SELECT {', '.join(columns)} FROM {table.name} WHERE {key_columns[0]} = ANY(%s)",
@@ -43,7 +37,7 @@ def fetch_seen(
     connection: sa.Connection, event_ids: Sequence[str], triples: Sequence[tuple[str, str, str]]
 ) -> tuple[set[str], set[tuple[str, str, str]]]:
     """Event ids and (projector, aggregate, idempotency key) triples already in the ledger."""
-    cursor = _cursor(connection)
+    cursor = driver_cursor(connection)
     cursor.execute(
         "SELECT event_id FROM processed_events WHERE event_id = ANY(%s)", (list(event_ids),)
     )
@@ -69,7 +63,7 @@ def write_rows(
     columns = tuple(c.name for c in table.columns if not (c.primary_key and c.name not in rows[0]))
     convert = writer(table, columns, "postgresql")
     names = ", ".join(columns)
-    cursor = _cursor(connection)
+    cursor = driver_cursor(connection)
     target = table.name
     if upsert:
         target = f"pending_{table.name}"
@@ -107,7 +101,7 @@ def update_copies(
     differs = " OR ".join(
         f"{child}.{c} IS DISTINCT FROM source.v{i}" for i, c in enumerate(columns)
     )
-    _cursor(connection).execute(
+    driver_cursor(connection).execute(
         f"UPDATE {child} SET {sets} FROM (SELECT * FROM unnest({unnest})) "
         f"AS source({', '.join(names)}) WHERE {child}.{reference} = source.ref AND ({differs})",
         arrays,

@@ -15,6 +15,13 @@ from projections.tables import UtcDateTime
 Convert = Callable[[Any], Any]
 
 
+def driver_cursor(connection: sa.Connection) -> Any:
+    """A cursor of the driver connection under SQLAlchemy's, in the same transaction."""
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    return driver.cursor()
+
+
 def _json_text(value: Any) -> Any:
     if value is None or isinstance(value, str):
         return value
