@@ -660,13 +660,14 @@ class Harness:
         if kind == "sqlite":
             file = path or self.workdir / f"{tag}.db"
             db = Db("sqlite", f"sqlite:///{file}", tag, path=file)
-        else:
-            name = f"torture_{tag}".lower()
-            with self.admin() as admin:
-                admin.execute(f'CREATE DATABASE "{name}"')
-            url = sa.make_url(self.admin_url).set(database=name)
-            db = Db("postgres", url.render_as_string(hide_password=False), name)
-        self.databases.append(db)
+            self.databases.append(db)
+            return db
+        name = f"torture_{tag}".lower()
+        url = sa.make_url(self.admin_url).set(database=name)
+        db = Db("postgres", url.render_as_string(hide_password=False), name)
+        self.databases.append(db)  # before it exists: an interrupt here still drops it
+        with self.admin() as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
         return db
 
     def drop(self, db: Db) -> None:
