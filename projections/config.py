@@ -6,11 +6,12 @@ import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from typing import TYPE_CHECKING
 
 from projections.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 DEFAULT_DATABASE_URL = "sqlite:///projections.db"
 DEFAULT_BATCH_SIZE = 10_000
@@ -55,6 +56,9 @@ def log_url(flag: str | None) -> URL | None:
 
 def normalise_url(raw: str) -> URL:
     """Turn a user's URL into one SQLAlchemy can open with the drivers we ship."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     if raw.startswith("postgres://"):
         raw = "postgresql://" + raw[len("postgres://") :]
     try:

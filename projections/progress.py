@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import os
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
-from projections.fold import Counters
-from projections.sources import Source, SourceBatch
+    from projections.fold import Counters
+    from projections.sources import Source, SourceBatch
 
 
 class BatchProgress:
@@ -33,6 +27,15 @@ class BatchProgress:
 
     def __enter__(self) -> BatchProgress:
         if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -87,6 +90,14 @@ class ImportProgress:
 
     def __enter__(self) -> ImportProgress:
         if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
             self._progress = Progress(
                 TextColumn("[bold]import"),
                 BarColumn(),

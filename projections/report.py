@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
-from projections.check import CheckReport
-from projections.importer import ImportResult
-from projections.projector import RunResult
-from projections.verify import VerifyReport
+    from projections.check import CheckReport
+    from projections.importer import ImportResult
+    from projections.projector import RunResult
+    from projections.verify import VerifyReport
 
 
 def summary_line(verb: str, result: RunResult) -> str:
@@ -27,6 +27,8 @@ def summary_line(verb: str, result: RunResult) -> str:
 
 def print_check(console: Console, report: CheckReport, show: int) -> None:
     """Print a check report: counts per event name, invalid lines, duplicates, version mode."""
+    from rich.table import Table
+
     data = report.as_dict()
     table = Table("event", "count", title=f"{report.source}: {report.lines} lines")
     for name, count in data["events"].items():
@@ -60,6 +62,8 @@ def print_check(console: Console, report: CheckReport, show: int) -> None:
 
 def print_status(console: Console, status: dict[str, Any]) -> None:
     """Print checkpoints, table counts, quarantine and anomalies."""
+    from rich.table import Table
+
     console.print(f"database {status['database']}, schema revision {status['schema_revision']}")
     if status["schema_revision"] is None:
         console.print("no schema yet: run `projections migrate` or `projections rebuild`")
@@ -148,6 +152,8 @@ def print_import(console: Console, result: ImportResult, show: int) -> None:
 
 def print_verify(console: Console, report: VerifyReport) -> None:
     """Print the comparison of the live tables with the replay."""
+    from rich.table import Table
+
     table = Table("table", "rows", "missing", "extra", "differing")
     for diff in report.tables:
         table.add_row(

@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import orjson
-import psycopg
-import sqlalchemy as sa
 import typer
 from rich.console import Console
 
-from projections import redact, runs, runtime
 from projections.config import Settings, VersionMode, ndjson_path, redact_pii_key
 from projections.config import database_url as read_model_url
 from projections.errors import ProjectionsError
-from projections.events import utc_now
-from projections.follow import stop_on_signals
-from projections.progress import BatchProgress
-from projections.projector import RunResult
-from projections.report import (
-    summary_line,
-)
+
+if TYPE_CHECKING:
+    from projections.projector import RunResult
+
+# Each verb imports what it needs when it runs: `--help`, and a verb with little to
+# do, should not pay for alembic, the scheduler or the other verbs' modules.
 
 app = typer.Typer(
     help="Keep SQL read models of customers, contacts, providers, channels and conversations.",
@@ -83,6 +78,16 @@ RedactFlag = Annotated[
 ]
 
 
+def database_errors() -> tuple[type[Exception], ...]:
+    """The driver and SQLAlchemy errors that become "database error" (imported on failure)."""
+    import sqlite3
+
+    import psycopg
+    import sqlalchemy as sa
+
+    return sa.exc.SQLAlchemyError, psycopg.Error, sqlite3.Error
+
+
 def guarded(action: Callable[[], T]) -> T:
     """Run a command body, turning our errors into a message and an exit code."""
     try:
@@ -90,20 +95,22 @@ def guarded(action: Callable[[], T]) -> T:
     except ProjectionsError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
-    except (sa.exc.SQLAlchemyError, psycopg.Error, sqlite3.Error) as exc:
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+    except database_errors() as exc:
         # The bulk paths use the drivers directly: their errors arrive unwrapped.
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         err.print(f"[bold red]database error:[/] {detail}", highlight=False)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        raise typer.Exit(130) from None
 
 
 def with_redaction(
     flag: bool | None, database_url: str | None, action: Callable[[], T], *, keep_rows: bool
 ) -> T:
     """Run a projecting verb with PII redaction on or off, never mixing both in one model."""
+    from projections import redact
+
     key = redact_pii_key(flag)
     if keep_rows:
         redact.check_read_model(read_model_url(database_url), key)
@@ -118,6 +125,12 @@ def project(
     as_json: bool,
     work: Callable[..., RunResult],
 ) -> None:
+    from projections import runs, runtime
+    from projections.events import utc_now
+    from projections.progress import BatchProgress
+    from projections.report import summary_line
+    from projections.signals import stop_on_signals
+
     if source_name != "db":
         ndjson_path(source_name)  # refuse a bad path before touching the database
     with (

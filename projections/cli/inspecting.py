@@ -8,8 +8,6 @@ from typing import Annotated
 import orjson
 import typer
 
-from projections import runtime
-from projections.check import check_log
 from projections.cli.app import (
     BatchSize,
     DatabaseUrl,
@@ -24,14 +22,6 @@ from projections.cli.app import (
     out,
 )
 from projections.config import VersionMode, ndjson_path
-from projections.progress import BatchProgress
-from projections.report import (
-    print_check,
-    print_status,
-    print_verify,
-)
-from projections.status import lag_problems, read_status
-from projections.verify import verify
 
 
 @app.command("verify")
@@ -47,6 +37,11 @@ def verify_command(
     """Replay the source into scratch tables and compare with the live ones; exit 0 if identical."""
 
     def work() -> int:
+        from projections import runtime
+        from projections.progress import BatchProgress
+        from projections.report import print_verify
+        from projections.verify import verify
+
         config = runtime.settings(
             database_url, batch_size, log_url, version_mode=version_mode, strict=strict
         )
@@ -80,6 +75,9 @@ def check_command(
     """Validate a log without writing anything; exit 1 when it holds invalid lines."""
 
     def work() -> int:
+        from projections.check import check_log
+        from projections.report import print_check
+
         path = ndjson_path(source)
         report = check_log(path, strict=strict)
         if as_json:
@@ -110,6 +108,10 @@ def status_command(
     """Show checkpoints with lag, row counts, quarantine, anomalies and the last run."""
 
     def work() -> int:
+        from projections import runtime
+        from projections.report import print_status
+        from projections.status import lag_problems, read_status
+
         config = runtime.settings(database_url, log=log_url)
         with (
             runtime.engine(config.database_url, migrate_first=False) as engine,

@@ -5,14 +5,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
-import sqlalchemy as sa
 import typer
 
-from projections import migrate as migrations
-from projections import runs, runtime, schedule, store
 from projections.cli.app import (
     BatchSize,
     DatabaseUrl,
@@ -31,20 +28,13 @@ from projections.cli.app import (
 )
 from projections.config import Settings, VersionMode, ndjson_path
 from projections.errors import ConfigurationError
-from projections.events import utc_now
-from projections.follow import follow, stop_on_signals
-from projections.importer import import_log
-from projections.metrics import Metrics, serve
-from projections.progress import BatchProgress, ImportProgress
-from projections.projector import ProgressCallback, RunResult, catch_up
-from projections.report import (
-    print_import,
-    summary_line,
-)
 from projections.schema import PROJECTOR_TABLES
-from projections.shadow import shadow_rebuild
-from projections.sources import Source
-from projections.status import changed_projectors
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from projections.projector import ProgressCallback, RunResult
+    from projections.sources import Source
 
 
 @app.command("migrate")
@@ -52,6 +42,9 @@ def migrate_command(database_url: DatabaseUrl = None) -> None:
     """Create or upgrade the read-model schema (alembic migrations)."""
 
     def work() -> None:
+        from projections import migrate as migrations
+        from projections import runtime
+
         config = runtime.settings(database_url)
         with runtime.engine(config.database_url, migrate_first=False) as engine:
             before, after = migrations.upgrade(engine)
@@ -88,6 +81,13 @@ def rebuild_command(
     """Replay the whole source into a shadow read model, then swap it in without downtime."""
 
     def work() -> int:
+        from projections import runs, runtime
+        from projections.events import utc_now
+        from projections.progress import BatchProgress
+        from projections.report import summary_line
+        from projections.shadow import shadow_rebuild
+        from projections.signals import stop_on_signals
+
         config = runtime.settings(
             database_url, batch_size, log_url, version_mode=version_mode, strict=strict
         )
@@ -174,22 +174,19 @@ def run_command(
     ] = False,
 ) -> None:
     """Catch up once: apply every complete event after the checkpoints."""
-    guarded(
-        lambda: with_redaction(
-            redact_pii,
-            database_url,
-            lambda: project(
-                "run",
-                source,
-                runtime.settings(
-                    database_url, batch_size, log_url, version_mode=version_mode, strict=strict
-                ),
-                as_json,
-                _catch_up_rebuilding if rebuild_if_changed else catch_up,
-            ),
-            keep_rows=True,
+
+    def work() -> None:
+        from projections import runtime
+        from projections.projector import catch_up
+
+        config = runtime.settings(
+            database_url, batch_size, log_url, version_mode=version_mode, strict=strict
         )
-    )
+        project(
+            "run", source, config, as_json, _catch_up_rebuilding if rebuild_if_changed else catch_up
+        )
+
+    guarded(lambda: with_redaction(redact_pii, database_url, work, keep_rows=True))
 
 
 def _catch_up_rebuilding(
@@ -201,6 +198,11 @@ def _catch_up_rebuilding(
     should_stop: Callable[[], bool] | None = None,
 ) -> RunResult:
     """Rebuild the projectors whose fingerprint changed, then catch up."""
+    from projections import store
+    from projections.projector import catch_up
+    from projections.shadow import shadow_rebuild
+    from projections.status import changed_projectors
+
     with engine.connect() as connection:
         changed = changed_projectors(store.read_checkpoints(connection, source.label))
     if changed:
@@ -228,6 +230,7 @@ def follow_command(
     redact_pii: RedactFlag = None,
 ) -> None:
     """Keep catching up as events arrive (LISTEN/NOTIFY on PostgreSQL), until SIGINT/SIGTERM."""
+    from projections.report import summary_line
 
     def report(result: RunResult) -> None:
         if as_json:
@@ -239,6 +242,10 @@ def follow_command(
         err.print(f"follow: {message}; retrying in {delay:g} s", highlight=False)
 
     def work() -> None:
+        from projections import runtime
+        from projections.follow import follow
+        from projections.signals import stop_on_signals
+
         config = runtime.settings(
             database_url, batch_size, log_url, version_mode=version_mode, strict=strict
         )
@@ -276,6 +283,11 @@ def import_command(
     """Append an NDJSON log to the database event log; events already there are skipped."""
 
     def work() -> int:
+        from projections import runtime
+        from projections.importer import import_log
+        from projections.progress import ImportProgress
+        from projections.report import print_import
+
         path = ndjson_path(str(file))
         config = runtime.settings(database_url, log=log_url)
         with (
@@ -325,6 +337,10 @@ def schedule_command(
     """Catch up on a schedule until SIGINT/SIGTERM; one replica at a time on PostgreSQL."""
 
     def work() -> None:
+        from projections import runtime, schedule
+        from projections.metrics import Metrics, serve
+        from projections.signals import stop_on_signals
+
         config = runtime.settings(
             database_url, batch_size, log_url, version_mode=version_mode, strict=strict
         )

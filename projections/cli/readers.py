@@ -7,7 +7,6 @@ from typing import Annotated
 import orjson
 import typer
 
-from projections import access, redact, runtime
 from projections.cli.app import (
     DatabaseUrl,
     JsonFlag,
@@ -46,6 +45,8 @@ def grant_reader_command(
     """Create or update a login role that may only SELECT its customers' rows (PostgreSQL)."""
 
     def work() -> None:
+        from projections import access, runtime
+
         with runtime.engine(read_model_url(database_url), migrate_first=False) as engine:
             scope = access.grant_reader(engine, role, customer, password=password, replace=replace)
         if as_json:
@@ -76,6 +77,8 @@ def revoke_reader_command(
     """Take customers, or all access, away from a reader role (PostgreSQL)."""
 
     def work() -> None:
+        from projections import access, runtime
+
         with runtime.engine(read_model_url(database_url), migrate_first=False) as engine:
             scope = access.revoke_reader(engine, role, customer or (), drop_role=drop_role)
         if as_json:
@@ -95,4 +98,6 @@ def hash_pii_command(
     value: Annotated[str, typer.Argument(help="A channel address or display name.")],
 ) -> None:
     """Print the keyed hash that stands for VALUE in a read model built with --redact-pii."""
+    from projections import redact
+
     print(guarded(lambda: redact.PiiRedactor(pii_key()).hash(value)))

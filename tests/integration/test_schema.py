@@ -37,3 +37,22 @@ def test_migrate_twice_changes_nothing(blank_database: Database) -> None:
     migrate.upgrade(blank_database.engine)
     before, after = migrate.upgrade(blank_database.engine)
     assert before == after == migrate.head_revision()
+
+
+def test_shipped_head_is_alembics_head() -> None:
+    """The head read from the migration files is the one alembic finds."""
+    assert migrate.shipped_head() == migrate.head_revision()
+
+
+def test_is_current_only_at_the_head(blank_database: Database) -> None:
+    """An empty, migrated, older or doubled version table is told apart without alembic."""
+    engine = blank_database.engine
+    assert not migrate.is_current(engine)
+    migrate.upgrade(engine)
+    assert migrate.is_current(engine)
+    with engine.begin() as connection:
+        connection.execute(sa.text("INSERT INTO alembic_version (version_num) VALUES ('0001')"))
+    assert not migrate.is_current(engine)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DELETE FROM alembic_version"))
+    assert not migrate.is_current(engine)
