@@ -15,16 +15,21 @@ Key = str | tuple[str, str]
 
 def blank_row(table: sa.Table) -> Row:
     """A row of `table` with every column at its empty value."""
-    row: Row = {column.name: None for column in table.columns}
+    template = _BLANK.get(table.name)
+    if template is None:
+        template = {column.name: None for column in table.columns}
+        for name, empty in (("version", 0), ("participant_count", 0), ("active", False)):
+            if name in template:
+                template[name] = empty
+        _BLANK[table.name] = template
+    row = template.copy()
     if "attributes" in row:
         row["attributes"] = {}
-    if "version" in row:
-        row["version"] = 0
-    if "participant_count" in row:
-        row["participant_count"] = 0
-    if "active" in row:
-        row["active"] = False
     return row
+
+
+_BLANK: dict[str, Row] = {}
+_KEY_COLUMNS = {t.name: [c.name for c in t.primary_key.columns] for t in ENTITY_TABLES}
 
 
 @dataclass
@@ -34,7 +39,7 @@ class Pending:
     rows: dict[str, dict[Key, Row | None]] = field(
         default_factory=lambda: {t.name: {} for t in ENTITY_TABLES}
     )
-    original: dict[str, dict[Key, Row | None]] = field(
+    original: dict[str, dict[Key, tuple[Any, ...] | None]] = field(
         default_factory=lambda: {t.name: {} for t in ENTITY_TABLES}
     )
     dirty: dict[str, set[Key]] = field(
@@ -45,10 +50,12 @@ class Pending:
         """True when the row (or its absence) is already known to the batch."""
         return key in self.rows[table]
 
-    def remember(self, table: str, key: Key, row: Row | None) -> None:
-        """Record a row as read from the database before any event of the batch."""
+    def remember(
+        self, table: str, key: Key, row: Row | None, values: tuple[Any, ...] | None
+    ) -> None:
+        """Record a row as it was before any event of the batch (`values`: in column order)."""
         self.rows[table][key] = row
-        self.original[table][key] = None if row is None else dict(row)
+        self.original[table][key] = values
 
     def get(self, table: str, key: Key) -> Row | None:
         """The current pending row, or None if it does not exist (it must have been loaded)."""
@@ -61,8 +68,11 @@ class Pending:
         created = row is None
         if row is None:
             row = blank_row(table)
-            for column, value in zip(table.primary_key.columns, _key_parts(key), strict=True):
-                row[column.name] = value
+            names = _KEY_COLUMNS[table.name]
+            if isinstance(key, tuple):
+                row.update(zip(names, key, strict=True))
+            else:
+                row[names[0]] = key
             rows[key] = row
         self.dirty[table.name].add(key)
         return row, created
@@ -75,7 +85,3 @@ class Pending:
         """The rows of `table` the batch changed, in a stable order."""
         rows = self.rows[table]
         return [r for k in sorted(self.dirty[table]) if (r := rows[k]) is not None]
-
-
-def _key_parts(key: Key) -> tuple[str, ...]:
-    return key if isinstance(key, tuple) else (key,)

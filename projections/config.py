@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 DEFAULT_DATABASE_URL = "sqlite:///projections.db"
 DEFAULT_BATCH_SIZE = 10_000
+DEFAULT_COMMIT_SECONDS = 30.0
+DEFAULT_RESIDENT_ROWS = 1_000_000
 NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".json", ".gz")
 
 
@@ -35,6 +37,8 @@ class Settings:
     version_mode: VersionMode = VersionMode.sequence
     strict: bool = False
     projectors: tuple[str, ...] | None = None  # only these (a one-projector rebuild)
+    commit_seconds: float = DEFAULT_COMMIT_SECONDS  # longest a transaction of batches runs
+    resident_rows: int = DEFAULT_RESIDENT_ROWS  # rows held in memory before a commit drops them
 
     @property
     def is_postgres(self) -> bool:
@@ -90,6 +94,20 @@ def env_int(name: str, default: int) -> int:
         raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from exc
     if value < 1:
         raise ConfigurationError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def env_seconds(name: str, default: float) -> float:
+    """Read a duration in seconds (0 or more) from the environment."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be a number of seconds, got {raw!r}") from exc
+    if not value >= 0:  # also refuses nan
+        raise ConfigurationError(f"{name} must be 0 or more seconds, got {raw}")
     return value
 
 

@@ -191,12 +191,22 @@ def _scan(document: Any) -> tuple[str, str] | None:
 
 
 def _validate(position: int, doc: dict[str, Any], *, strict: bool) -> Decoded:
-    name = _required_text(doc, "event_name", "invalid_event_name")
-    event_id = _required_text(doc, "event_id", "invalid_event_id")
+    get = doc.get
+    # Each check reads `type(x) is str and x` first: the call below only explains a failure.
+    name = get("event_name")
+    if not (type(name) is str and name):
+        name = _required_text(doc, "event_name", "invalid_event_name")
+    event_id = get("event_id")
+    if not (type(event_id) is str and event_id):
+        event_id = _required_text(doc, "event_id", "invalid_event_id")
     if len(event_id) > MAX_EVENT_ID:
         raise _Reject("invalid_event_id", f"event_id is over {MAX_EVENT_ID} characters")
-    aggregate_type = _required_text(doc, "aggregate_type", "invalid_aggregate_type")
-    aggregate_id = _required_text(doc, "aggregate_id", "invalid_aggregate_id")
+    aggregate_type = get("aggregate_type")
+    if not (type(aggregate_type) is str and aggregate_type):
+        aggregate_type = _required_text(doc, "aggregate_type", "invalid_aggregate_type")
+    aggregate_id = get("aggregate_id")
+    if not (type(aggregate_id) is str and aggregate_id):
+        aggregate_id = _required_text(doc, "aggregate_id", "invalid_aggregate_id")
     if len(aggregate_id) > MAX_KEY:
         raise _Reject("invalid_aggregate_id", f"aggregate_id is over {MAX_KEY} characters")
     occurred_at = parse_occurred_at(doc.get("occurred_at", _MISSING))
@@ -248,6 +258,8 @@ _MISSING: Final = object()
 
 def _required_text(doc: dict[str, Any], key: str, reason: str) -> str:
     value = doc.get(key, _MISSING)
+    if type(value) is str and value:
+        return value
     if value is _MISSING:
         raise _Reject("missing_field", f"{key} is missing")
     if not isinstance(value, str) or not value:
@@ -266,12 +278,9 @@ def parse_occurred_at(value: Any) -> datetime:
         raise _Reject(
             "invalid_occurred_at", f"occurred_at {value[:64]!r} is not ISO-8601 UTC (Z or +00:00)"
         )
-    year, month, day, hour, minute, second, fraction = match.groups()
-    micros = int((fraction or "0")[:6].ljust(6, "0"))
     try:
-        return datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second), micros, UTC
-        )
+        # The pattern has checked the shape; fromisoformat keeps the first six fraction digits.
+        return datetime.fromisoformat(value)
     except ValueError as exc:
         raise _Reject("invalid_occurred_at", f"occurred_at {value!r}: {exc}") from None
 
@@ -289,11 +298,15 @@ def _payload(doc: dict[str, Any]) -> dict[str, Any]:
 def _fields(name: str, payload: dict[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for key, rule in EVENT_FIELDS[name].items():
-        if key not in payload:
+        value = payload.get(key, _MISSING)
+        if value is _MISSING:
             if rule.required:
                 raise _Reject("missing_field", f"{name} requires {key}")
             continue
-        fields[key] = _check(name, key, rule, payload[key])
+        if rule.kind == "text" and type(value) is str and value and len(value) <= MAX_KEY:
+            fields[key] = value  # the common case, without a call
+        else:
+            fields[key] = _check(name, key, rule, value)
     return fields
 
 

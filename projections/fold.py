@@ -10,9 +10,10 @@ from projections.config import VersionMode
 from projections.events import Event
 from projections.families import HANDLERS
 from projections.families.common import APPLIED, NOOP, Rejected
-from projections.tables import TABLES
 
 IdempotencyKey = tuple[str, str, str]
+# A processed_events row, in its column order: event_id, projector, aggregate_id, key, position.
+LedgerEntry = tuple[str, str, str, str | None, int]
 
 
 @dataclass
@@ -69,7 +70,7 @@ class Folder:
     seen_ids: set[str]
     seen_keys: set[IdempotencyKey]
     counters: Counters = field(default_factory=Counters)
-    ledger: list[dict[str, Any]] = field(default_factory=list)
+    ledger: list[LedgerEntry] = field(default_factory=list)
     anomalies: list[dict[str, Any]] = field(default_factory=list)
 
     def apply(self, event: Event) -> str:
@@ -96,13 +97,13 @@ class Folder:
         if key is not None:
             self.seen_keys.add(key)
         self.ledger.append(
-            {
-                "event_id": event.event_id,
-                "projector": event.family.name,
-                "aggregate_id": event.aggregate_id,
-                "idempotency_key": event.idempotency_key,
-                "position": event.position,
-            }
+            (
+                event.event_id,
+                event.family.name,
+                event.aggregate_id,
+                event.idempotency_key,
+                event.position,
+            )
         )
         row = self.state.get(table, event.aggregate_id)
         if outcome == APPLIED:
@@ -191,16 +192,3 @@ def resolve_copies(state: Pending) -> None:
             source = parents.get(row[reference]) if row[reference] is not None else None
             for target, origin in columns.items():
                 row[target] = source[origin] if source is not None else None
-
-
-def parent_changes(state: Pending) -> list[tuple[str, str, dict[str, Any]]]:
-    """(child table, reference, values) for parents whose copied columns changed in the batch."""
-    changes: list[tuple[str, str, dict[str, Any]]] = []
-    for child, reference, parent, columns in COPIES:
-        key_column = TABLES[parent].primary_key.columns[0].name
-        for row in state.changed_rows(parent):
-            before = state.original[parent].get(row[key_column])
-            values = {target: row[origin] for target, origin in columns.items()}
-            if before is None or any(before[o] != row[o] for o in columns.values()):
-                changes.append((child, reference, {"ref": row[key_column], **values}))
-    return changes

@@ -11,9 +11,12 @@ import sqlalchemy as sa
 from projections import migrate as migrations
 from projections.config import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_COMMIT_SECONDS,
+    DEFAULT_RESIDENT_ROWS,
     Settings,
     database_url,
     env_int,
+    env_seconds,
     log_url,
     ndjson_path,
 )
@@ -28,7 +31,14 @@ def settings(
 ) -> Settings:
     """Settings from flags, then PROJECTIONS_* variables, then defaults."""
     size = batch_size or env_int("PROJECTIONS_BATCH_SIZE", DEFAULT_BATCH_SIZE)
-    return Settings(database_url=database_url(url), log_url=log_url(log), batch_size=size, **extra)
+    return Settings(
+        database_url=database_url(url),
+        log_url=log_url(log),
+        batch_size=size,
+        commit_seconds=env_seconds("PROJECTIONS_COMMIT_SECONDS", DEFAULT_COMMIT_SECONDS),
+        resident_rows=env_int("PROJECTIONS_RESIDENT_ROWS", DEFAULT_RESIDENT_ROWS),
+        **extra,
+    )
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -157,14 +157,7 @@ class Shadow:
         )
 
     def _settings(self, config: Settings) -> Settings:
-        return Settings(
-            database_url=config.database_url,
-            log_url=config.log_url,
-            batch_size=config.batch_size,
-            version_mode=config.version_mode,
-            strict=config.strict,
-            projectors=self.projectors,
-        )
+        return replace(config, projectors=self.projectors)
 
     # --- swapping -----------------------------------------------------------------------
 

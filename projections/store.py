@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,9 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from projections import dialect
-from projections.batch import Key, Pending
 from projections.events import Invalid
-from projections.fold import IdempotencyKey, parent_changes
+from projections.fold import IdempotencyKey, LedgerEntry
 from projections.schema import FAMILIES
 from projections.tables import ENTITY_TABLES, TABLES
 
@@ -78,26 +76,6 @@ def write_checkpoints(connection: sa.Connection, checkpoints: Iterable[Checkpoin
     )
 
 
-def load_rows(connection: sa.Connection, state: Pending, keys: Iterable[tuple[str, Key]]) -> None:
-    """Bring the rows the batch will touch into `state`, recording the missing ones as None."""
-    wanted: dict[str, set[Key]] = defaultdict(set)
-    for name, wanted_key in keys:
-        if not state.loaded(name, wanted_key):
-            wanted[name].add(wanted_key)
-    for table_name, table_keys in wanted.items():
-        table = TABLES[table_name]
-        columns = [c.name for c in table.primary_key.columns]
-        ordered = sorted(table_keys)
-        for found in dialect.fetch_rows(connection, table, ordered):
-            key: Key = (
-                found[columns[0]] if len(columns) == 1 else (found[columns[0]], found[columns[1]])
-            )
-            state.remember(table_name, key, found)
-        for missing in ordered:
-            if not state.loaded(table_name, missing):
-                state.remember(table_name, missing, None)
-
-
 def seen_before(
     connection: sa.Connection, event_ids: Sequence[str], keys: Sequence[IdempotencyKey]
 ) -> tuple[set[str], set[IdempotencyKey]]:
@@ -105,20 +83,16 @@ def seen_before(
     return dialect.fetch_seen(connection, sorted(set(event_ids)), sorted(set(keys)))
 
 
-def write_batch(
+def write_records(
     connection: sa.Connection,
-    state: Pending,
-    ledger: Sequence[dict[str, Any]],
+    ledger: Sequence[LedgerEntry],
     anomalies: Sequence[dict[str, Any]],
     quarantined: Sequence[Invalid],
     source: str,
     now: datetime,
 ) -> None:
-    """Write the batch's rows, copies, ledger, anomalies and quarantine."""
-    for table in ENTITY_TABLES:
-        dialect.write_rows(connection, table, state.changed_rows(table.name), upsert=True)
-    _propagate(connection, state)
-    dialect.write_rows(connection, _PROCESSED, ledger, upsert=False)
+    """Append the batch's ledger, anomalies and quarantine (its rows wait for the flush)."""
+    dialect.write_values(connection, _PROCESSED, ledger, upsert=False)
     dialect.write_rows(connection, _ANOMALIES, anomalies, upsert=False)
     dialect.insert_ignoring_conflicts(
         connection,
@@ -137,16 +111,6 @@ def write_batch(
             for q in quarantined
         ],
     )
-
-
-def _propagate(connection: sa.Connection, state: Pending) -> None:
-    """Copy parents' changed values into child rows, including rows the batch did not load."""
-    grouped: dict[tuple[str, str, tuple[str, ...]], list[tuple[Any, ...]]] = defaultdict(list)
-    for child, reference, values in parent_changes(state):
-        columns = tuple(sorted(k for k in values if k != "ref"))
-        grouped[(child, reference, columns)].append((values["ref"], *(values[c] for c in columns)))
-    for (child, reference, columns), rows in grouped.items():
-        dialect.update_copies(connection, child, reference, columns, rows)
 
 
 def reset(connection: sa.Connection) -> None:

@@ -47,6 +47,13 @@ def write_rows(
     _bulk(connection).write_rows(connection, table, rows, upsert=upsert)
 
 
+def write_values(
+    connection: sa.Connection, table: sa.Table, rows: Sequence[Sequence[Any]], *, upsert: bool
+) -> None:
+    """Bulk insert (or upsert) rows given as values in the table's column order."""
+    _bulk(connection).write_values(connection, table, rows, upsert=upsert)
+
+
 def update_copies(
     connection: sa.Connection,
     child: str,

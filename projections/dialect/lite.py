@@ -8,7 +8,13 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from projections.dialect.rows import driver_cursor, json_columns, parse_json, writer
+from projections.dialect.rows import (
+    driver_cursor,
+    json_columns,
+    parse_json,
+    values_writer,
+    writer,
+)
 
 
 def fetch_rows(
@@ -67,6 +73,28 @@ def write_rows(
         return
     columns = tuple(c.name for c in table.columns if not _generated(c, rows[0]))
     convert = writer(table, columns, "sqlite")
+    _insert(connection, table, columns, [convert(row) for row in rows], upsert=upsert)
+
+
+def write_values(
+    connection: sa.Connection, table: sa.Table, rows: Sequence[Sequence[Any]], *, upsert: bool
+) -> None:
+    """Like write_rows, for rows given as values in the table's column order."""
+    if not rows:
+        return
+    columns = tuple(c.name for c in table.columns)
+    convert = values_writer(table, "sqlite")
+    _insert(connection, table, columns, [convert(row) for row in rows], upsert=upsert)
+
+
+def _insert(
+    connection: sa.Connection,
+    table: sa.Table,
+    columns: tuple[str, ...],
+    rows: Sequence[Sequence[Any]],
+    *,
+    upsert: bool,
+) -> None:
     statement = (
         f"INSERT INTO {table.name} ({', '.join(columns)}) "
         f"VALUES ({', '.join('?' for _ in columns)})"
@@ -75,7 +103,7 @@ def write_rows(
         keys = [c.name for c in table.primary_key.columns]
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
         statement += f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
-    driver_cursor(connection).executemany(statement, [convert(row) for row in rows])
+    driver_cursor(connection).executemany(statement, rows)
 
 
 def _generated(column: sa.Column[Any], sample: dict[str, Any]) -> bool:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
-from projections.dialect.rows import driver_cursor, writer
+from projections.dialect.rows import driver_cursor, values_writer, writer
 
 
 def fetch_rows(
@@ -17,19 +18,17 @@ def fetch_rows(
     columns = [c.name for c in table.columns]
     key_columns = [c.name for c in table.primary_key.columns]
     cursor = driver_cursor(connection)
+    # Keys travel as one JSON document: dumping a 10,000-element array parameter costs more.
     if len(key_columns) == 1:
-        cursor.execute(
-            f"SELECT {', '.join(columns)} FROM {table.name} WHERE {key_columns[0]} = ANY(%s)",
-            (list(keys),),
-        )
+        keyed = "(SELECT jsonb_array_elements_text(%s::text::jsonb))"
     else:
-        arrays = [[key[i] for key in keys] for i in range(len(key_columns))]
-        unnest = ", ".join("%s::text[]" for _ in key_columns)
-        cursor.execute(
-            f"SELECT {', '.join(columns)} FROM {table.name} "
-            f"WHERE ({', '.join(key_columns)}) IN (SELECT * FROM unnest({unnest}))",
-            arrays,
-        )
+        picks = ", ".join(f"k->>{i}" for i in range(len(key_columns)))
+        keyed = f"(SELECT {picks} FROM jsonb_array_elements(%s::text::jsonb) AS k)"
+    cursor.execute(
+        f"SELECT {', '.join(columns)} FROM {table.name} "
+        f"WHERE ({', '.join(key_columns)}) IN {keyed}",
+        (orjson.dumps(list(keys)).decode(),),
+    )
     return [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
 
 
@@ -37,9 +36,12 @@ def fetch_seen(
     connection: sa.Connection, event_ids: Sequence[str], triples: Sequence[tuple[str, str, str]]
 ) -> tuple[set[str], set[tuple[str, str, str]]]:
     """Event ids and (projector, aggregate, idempotency key) triples already in the ledger."""
+    # Keys travel as one JSON document: dumping a 10,000-element array parameter costs more.
     cursor = driver_cursor(connection)
     cursor.execute(
-        "SELECT event_id FROM processed_events WHERE event_id = ANY(%s)", (list(event_ids),)
+        "SELECT event_id FROM processed_events "
+        "WHERE event_id IN (SELECT jsonb_array_elements_text(%s::text::jsonb))",
+        (orjson.dumps(event_ids).decode(),),
     )
     ids = {row[0] for row in cursor.fetchall()}
     found: set[tuple[str, str, str]] = set()
@@ -47,8 +49,8 @@ def fetch_seen(
         cursor.execute(
             "SELECT projector, aggregate_id, idempotency_key FROM processed_events "
             "WHERE (projector, aggregate_id, idempotency_key) IN "
-            "(SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))",
-            [[t[0] for t in triples], [t[1] for t in triples], [t[2] for t in triples]],
+            "(SELECT t->>0, t->>1, t->>2 FROM jsonb_array_elements(%s::text::jsonb) AS t)",
+            (orjson.dumps(triples).decode(),),
         )
         found = {(a, b, c) for a, b, c in cursor.fetchall()}
     return ids, found
@@ -62,10 +64,33 @@ def write_rows(
         return
     columns = tuple(c.name for c in table.columns if not (c.primary_key and c.name not in rows[0]))
     convert = writer(table, columns, "postgresql")
+    _copy(connection, table, columns, map(convert, rows), upsert=upsert)
+
+
+def write_values(
+    connection: sa.Connection, table: sa.Table, rows: Sequence[Sequence[Any]], *, upsert: bool
+) -> None:
+    """Like write_rows, for rows given as values in the table's column order."""
+    if not rows:
+        return
+    columns = tuple(c.name for c in table.columns)
+    _copy(connection, table, columns, map(values_writer(table, "postgresql"), rows), upsert=upsert)
+
+
+def _copy(
+    connection: sa.Connection,
+    table: sa.Table,
+    columns: tuple[str, ...],
+    rows: Iterable[Sequence[Any]],
+    *,
+    upsert: bool,
+) -> None:
     names = ", ".join(columns)
     cursor = driver_cursor(connection)
     target = table.name
-    if upsert:
+    # COPY cannot write a table under row-level security: go through a temporary table.
+    staged = upsert or _row_security(cursor, table.name)
+    if staged:
         target = f"pending_{table.name}"
         cursor.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {target} "
@@ -73,15 +98,21 @@ def write_rows(
         )
     with cursor.copy(f"COPY {target} ({names}) FROM STDIN") as copy:
         for row in rows:
-            copy.write_row(convert(row))
-    if upsert:
-        keys = [c.name for c in table.primary_key.columns]
-        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
-        cursor.execute(
-            f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {target} "
-            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
-        )
+            copy.write_row(row)
+    if staged:
+        merge = ""
+        if upsert:
+            keys = [c.name for c in table.primary_key.columns]
+            updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
+            merge = f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+        cursor.execute(f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {target}{merge}")
         cursor.execute(f"TRUNCATE {target}")
+
+
+def _row_security(cursor: Any, table: str) -> bool:
+    cursor.execute("SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass(%s)", (table,))
+    found = cursor.fetchone()
+    return bool(found and found[0])
 
 
 def update_copies(

@@ -52,11 +52,7 @@ def kind(column: sa.Column[Any]) -> str:
     return "plain"
 
 
-@cache
-def writer(
-    table: sa.Table, columns: tuple[str, ...], dialect: str
-) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """A function turning a row dict into the driver's tuple for `columns`."""
+def _converters(table: sa.Table, columns: Sequence[str], dialect: str) -> list[tuple[int, Convert]]:
     converters: list[tuple[int, Convert]] = []
     for index, name in enumerate(columns):
         found = kind(table.c[name])
@@ -66,12 +62,35 @@ def writer(
             converters.append((index, _sqlite_timestamp))
         elif found == "boolean" and dialect == "sqlite":
             converters.append((index, _integer))
+    return converters
+
+
+@cache
+def writer(
+    table: sa.Table, columns: tuple[str, ...], dialect: str
+) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A function turning a row dict into the driver's tuple for `columns`."""
+    converters = _converters(table, columns, dialect)
 
     def convert(row: dict[str, Any]) -> tuple[Any, ...]:
         values = [row[name] for name in columns]
         for index, function in converters:
             values[index] = function(values[index])
         return tuple(values)
+
+    return convert
+
+
+@cache
+def values_writer(table: sa.Table, dialect: str) -> Callable[[Sequence[Any]], list[Any]]:
+    """A function turning values in the table's column order into the driver's values."""
+    converters = _converters(table, [c.name for c in table.columns], dialect)
+
+    def convert(row: Sequence[Any]) -> list[Any]:
+        values = list(row)
+        for index, function in converters:
+            values[index] = function(values[index])
+        return values
 
     return convert
 

@@ -43,6 +43,16 @@ def _read_some(handle: IO[bytes], path: Path, gzipped: bool) -> bytes:
         raise ConfigurationError(f"cannot read {path}: {exc}") from exc
 
 
+def _last_bytes(lines: list[bytes]) -> list[bytes]:
+    """The shortest tail of `lines` holding FINGERPRINT_BYTES bytes (newlines counted)."""
+    size = 0
+    for index in range(len(lines) - 1, -1, -1):
+        size += len(lines[index]) + 1
+        if size >= FINGERPRINT_BYTES:
+            return lines[index:]
+    return lines
+
+
 class NdjsonSource:
     """Lines of a file; position = 1-based line number, checkpoint = byte offset + fingerprints."""
 
@@ -54,8 +64,9 @@ class NdjsonSource:
         self.gzipped = path.name.endswith(".gz")
         self._handle: IO[bytes] | None = None
         self._offset = 0  # where the open handle stands (after the last complete line read)
-        self._buffer = b""
-        self._start = 0  # where the unread part of _buffer begins
+        self._buffer = b""  # read but not yet split: the start of an incomplete line
+        self._lines: list[bytes] = []  # complete lines split from the file, not yet returned
+        self._index = 0  # the next of _lines to return
         self._recent = b""  # the bytes just before self._offset, up to FINGERPRINT_BYTES
         self._recent_exact = True
         self._full_head: str | None = None
@@ -131,24 +142,29 @@ class NdjsonSource:
         if self._handle is None or offset != self._offset:
             self._reposition(offset)
         lines: list[tuple[int, bytes]] = []
-        consumed: list[bytes] = [self._recent]
         line_no = position
         last_line = self.until[1] if self.until is not None else None
+        tail: list[bytes] = []  # the last raw lines, for the fingerprint of what was read
         while len(lines) < limit and (last_line is None or line_no < last_line):
-            line = self._next_line()
-            if line is None:
+            wanted = limit - len(lines)
+            if last_line is not None:
+                wanted = min(wanted, last_line - line_no)
+            raw = self._next_lines(wanted)
+            if not raw:
                 break
-            consumed.append(line)
-            consumed.append(b"\n")
-            line_no += 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if line.strip():
-                lines.append((line_no, line))
+            for line in raw:
+                line_no += 1
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if line.strip():
+                    lines.append((line_no, line))
+            tail = _last_bytes([*tail, *raw[-FINGERPRINT_BYTES:]])
         if line_no == position:
             return SourceBatch([], position, state, advanced=False)
         if self._recent_exact:
-            self._recent = b"".join(consumed)[-FINGERPRINT_BYTES:]
+            self._recent = (self._recent + b"".join(line + b"\n" for line in tail))[
+                -FINGERPRINT_BYTES:
+            ]
         else:
             self._reload_recent()
         return SourceBatch(lines, line_no, self._state(self._offset))
@@ -162,7 +178,7 @@ class NdjsonSource:
             raise SourceMismatchError(f"{self.path} is shorter than the checkpoint") from exc
         self._offset = offset
         self._buffer = b""
-        self._start = 0
+        self._lines, self._index = [], 0
         self._reload_recent()
 
     def _reload_recent(self) -> None:
@@ -174,25 +190,27 @@ class NdjsonSource:
                 self._recent = handle.read(self._offset - start)
         self._recent_exact = len(self._recent) == self._offset - start
 
-    def _next_line(self) -> bytes | None:
-        """The next complete line without its newline, or None at the end of what is written."""
+    def _next_lines(self, limit: int) -> list[bytes]:
+        """Up to `limit` complete lines, without newlines; [] at the end of what is written."""
         assert self._handle is not None
-        while True:
-            end = self._buffer.find(b"\n", self._start)
-            if end >= 0:
-                line = self._buffer[self._start : end]
-                self._offset += end + 1 - self._start
-                self._start = end + 1
-                return line
-            # Keep only the unread tail: a chunk is split into lines once, not once per line.
-            self._buffer = self._buffer[self._start :]
-            self._start = 0
+        while self._index >= len(self._lines):
+            if b"\n" in self._buffer:
+                # Split what was read once: the lines of a batch cost one slice each.
+                self._lines = self._buffer.split(b"\n")
+                self._buffer = self._lines.pop()
+                self._index = 0
+                break
             if len(self._buffer) > MAX_LINE_BYTES + 1:
-                return self._skip_long_line()
+                line = self._skip_long_line()
+                return [] if line is None else [line]
             chunk = _read_some(self._handle, self.path, self.gzipped)
             if not chunk:
-                return None  # a final line without a newline waits until it is complete
+                return []  # a final line without a newline waits until it is complete
             self._buffer += chunk
+        taken = self._lines[self._index : self._index + limit]
+        self._index += len(taken)
+        self._offset += sum(map(len, taken)) + len(taken)
+        return taken
 
     def _skip_long_line(self) -> bytes | None:
         # Keep what proves the line too long; never hold a huge line in memory.

@@ -89,12 +89,13 @@ def _drop_leftovers(database: Database) -> None:
             connection.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
-def _kill_after(args: list[str], delay: float) -> tuple[bool, int, str]:
+def _kill_after(args: list[str], delay: float, commit_seconds: str) -> tuple[bool, int, str]:
     """Start `python -m projections ARGS`, SIGKILL it after `delay` s unless it has ended."""
     process = subprocess.Popen(
         [sys.executable, "-m", "projections", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env={**os.environ, "PROJECTIONS_COMMIT_SECONDS": commit_seconds},
     )
     time.sleep(delay)
     killed = process.poll() is None
@@ -146,9 +147,15 @@ def test_a_process_killed_at_any_instant_then_run_equals_an_uninterrupted_rebuil
                 delay = rng.uniform(0.15, 1.05) * duration
             else:
                 delay = rng.uniform(0.15, 0.95) * duration
+            # Runs commit every batch or every 0.1 s, so kills land between commits; a
+            # rebuild may also hold everything in one transaction (the default).
+            commit = rng.choice(["0", "0.1"] if verb == "run" else ["0", "30"])
             args = [verb, *source, database.url_text, "--batch-size", str(batch)]
-            killed, code, stderr = _kill_after(args, delay)
-            context = f"seed {seed}, trial {trial}: {verb}, batch {batch}, delay {delay:.2f}s"
+            killed, code, stderr = _kill_after(args, delay, commit)
+            context = (
+                f"seed {seed}, trial {trial}: {verb}, batch {batch}, commit every {commit}s, "
+                f"delay {delay:.2f}s"
+            )
             if not killed:
                 assert code == 0, f"{context}: {stderr}"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -126,6 +127,7 @@ def test_sigterm_leaves_the_live_model_and_resume_finishes(database: Database) -
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "PROJECTIONS_COMMIT_SECONDS": "0"},  # a commit per batch to resume
     )
     _wait_for_shadow_progress(database)
     process.send_signal(signal.SIGTERM)

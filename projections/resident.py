@@ -1,0 +1,296 @@
+"""Rows kept in memory across the batches of one transaction, and across transactions.
+
+A batch used to read every row it touched from the database and write every row it
+changed back at once: an aggregate with five events in five batches was read and
+upserted five times. `Resident` keeps the rows a run has seen as compact tuples and
+writes the changed ones back only when the run commits (`flush`), which it does
+after many batches. Nothing else changes: each batch still folds into a `Pending`
+of row dicts, with the same rules.
+
+A table that is empty when the run starts is *complete*: every row it will ever
+have is here, so a key not found here does not exist and costs no query (a rebuild
+reads nothing back). Other tables load missing keys from the database once.
+
+Between two transactions another writer may change the tables; the caller drops
+everything (`forget`) unless the checkpoints are still the ones it wrote.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from operator import itemgetter
+from typing import Any
+
+import sqlalchemy as sa
+
+from projections import dialect, store
+from projections.batch import Key, Pending, Row
+from projections.fold import COPIES, IdempotencyKey, LedgerEntry
+from projections.store import Checkpoint
+from projections.tables import ENTITY_TABLES, TABLES
+
+Values = tuple[Any, ...]
+_UNKNOWN: Any = object()  # a key this run knows nothing about
+# One empty attributes object shared by every row without attributes (handlers never mutate it).
+_EMPTY: dict[str, Any] = {}
+
+
+def _empty(connection: sa.Connection, table: str) -> bool:
+    found = connection.execute(sa.select(sa.literal(1)).select_from(TABLES[table]).limit(1))
+    return found.first() is None
+
+
+class LedgerFilter:
+    """Which event ids and idempotency triples this run may have put in the ledger.
+
+    A fixed-size bit set of hashes: "no" is certain, "maybe" is asked of the database.
+    Used while the ledger holds nothing but this run's events (a rebuild), it spares
+    a lookup per event; its size does not grow with the log.
+    """
+
+    BITS = 1 << 26  # 8 MiB; about 2 % false "maybe" after a million events
+
+    def __init__(self) -> None:
+        self._bits = bytearray(self.BITS // 8)
+
+    def maybe(self, item: object) -> bool:
+        """False when `item` was certainly never added."""
+        at = hash(item) & (self.BITS - 1)
+        return bool(self._bits[at >> 3] & (1 << (at & 7)))
+
+    def add(self, item: object) -> None:
+        """Remember `item`."""
+        at = hash(item) & (self.BITS - 1)
+        self._bits[at >> 3] |= 1 << (at & 7)
+
+
+class Resident:
+    """The rows of one run: current values by table and key, and which changed since the flush."""
+
+    def __init__(self) -> None:
+        self.columns = {t.name: tuple(c.name for c in t.columns) for t in ENTITY_TABLES}
+        self._pick = {name: itemgetter(*columns) for name, columns in self.columns.items()}
+        self._attributes = {
+            name: columns.index("attributes")
+            for name, columns in self.columns.items()
+            if "attributes" in columns
+        }
+        self.rows: dict[str, dict[Key, Values | None]] = {t.name: {} for t in ENTITY_TABLES}
+        self.dirty: dict[str, set[Key]] = {t.name: set() for t in ENTITY_TABLES}
+        self.complete = dict.fromkeys(self.columns, False)
+        self.empty = dict.fromkeys(self.columns, False)  # nothing of this run's in the table yet
+        self.changed_parents: dict[str, set[Key]] = defaultdict(set)
+        self.ledger: LedgerFilter | None = None  # set while the ledger holds only this run's
+        # The transaction's checkpoints as its batches moved them; written by flush.
+        self.checkpoints: dict[str, Checkpoint] | None = None
+        self.moved: set[str] = set()
+        self._worker: ThreadPoolExecutor | None = None
+        self._writing: Future[None] | None = None
+        copied: dict[str, set[str]] = defaultdict(set)  # parent columns children copy
+        for _, _, parent, columns in COPIES:
+            copied[parent].update(columns.values())
+        self._copied = {
+            parent: [(c, self.columns[parent].index(c)) for c in sorted(names)]
+            for parent, names in copied.items()
+        }
+
+    # --- the write in flight ----------------------------------------------------------
+
+    def submit(self, write: Callable[[], None]) -> None:
+        """Run `write` on the connection in the background while the next batch is folded.
+
+        At most one write is in flight; every other use of the connection waits for it
+        (`settle`), so the order of statements is the order of the calls.
+        """
+        self.settle()
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="projections-writer")
+        self._writing = self._worker.submit(write)
+
+    def settle(self) -> None:
+        """Wait for the write in flight; its error, if any, is raised here."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            writing.result()
+
+    def close(self) -> None:
+        """Wait for the write in flight (ignoring its error: one is already on its way)."""
+        if self._writing is not None:
+            wait([self._writing])
+            self._writing = None
+        if self._worker is not None:
+            self._worker.shutdown()
+            self._worker = None
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in self.rows.values())
+
+    @property
+    def pending(self) -> int:
+        """Rows changed since the last flush."""
+        return sum(len(keys) for keys in self.dirty.values())
+
+    def start(self, connection: sa.Connection) -> None:
+        """Mark the tables that are empty now: their rows will all pass through here."""
+        if self.ledger is None and _empty(connection, "processed_events"):
+            self.ledger = LedgerFilter()
+        for name in self.columns:
+            if self.rows[name]:
+                continue
+            self.complete[name] = self.empty[name] = _empty(connection, name)
+
+    def forget(self, *, ledger: bool = True) -> None:
+        """Drop every row (after a flush): the database is the only copy again."""
+        for name in self.columns:
+            self.rows[name].clear()
+            self.complete[name] = self.empty[name] = False
+        if ledger:
+            self.ledger = None
+
+    def seen_before(
+        self, connection: sa.Connection, event_ids: list[str], triples: list[IdempotencyKey]
+    ) -> tuple[set[str], set[IdempotencyKey]]:
+        """Which event ids and idempotency triples are in the ledger already."""
+        if (ledger := self.ledger) is not None:
+            event_ids = [i for i in event_ids if ledger.maybe(i)]
+            triples = [t for t in triples if ledger.maybe(t)]
+            if not event_ids and not triples:
+                return set(), set()
+        self.settle()
+        return store.seen_before(connection, event_ids, triples)
+
+    def note(self, ledger: Iterable[LedgerEntry]) -> None:
+        """Event ids and triples the batch added to the ledger."""
+        if (bits := self.ledger) is None:
+            return
+        for event_id, projector, aggregate_id, key, _ in ledger:
+            bits.add(event_id)
+            if key is not None:
+                bits.add((projector, aggregate_id, key))
+
+    # --- one batch ------------------------------------------------------------------------
+
+    def load(
+        self, connection: sa.Connection, state: Pending, keys: Iterable[tuple[str, Key]]
+    ) -> None:
+        """Put the rows for `keys` into the batch's state: from here, else from the database."""
+        missing: dict[str, set[Key]] = defaultdict(set)
+        for name, key in keys:
+            held = state.rows[name]
+            if key in held:
+                continue
+            values = self.rows[name].get(key, _UNKNOWN)
+            if values is _UNKNOWN:
+                if not self.complete[name]:
+                    missing[name].add(key)
+                    continue
+                values = None
+            held[key] = (
+                None if values is None else dict(zip(self.columns[name], values, strict=True))
+            )
+            state.original[name][key] = values
+        if missing:
+            self.settle()
+        for name, wanted in missing.items():
+            table = TABLES[name]
+            key_columns = [c.name for c in table.primary_key.columns]
+            for found in dialect.fetch_rows(connection, table, sorted(wanted)):
+                found_key: Key = (
+                    found[key_columns[0]]
+                    if len(key_columns) == 1
+                    else (found[key_columns[0]], found[key_columns[1]])
+                )
+                values = self._values(name, found)
+                state.remember(
+                    name, found_key, dict(zip(self.columns[name], values, strict=True)), values
+                )
+                self.rows[name][found_key] = values
+            for absent in wanted:
+                if not state.loaded(name, absent):
+                    state.remember(name, absent, None, None)
+                    self.rows[name][absent] = None
+
+    def absorb(self, state: Pending) -> None:
+        """Take the batch's changed rows, and note parents whose copied columns changed."""
+        for parent, copied in self._copied.items():
+            original, rows, changed = state.original[parent], state.rows[parent], set()
+            for key in state.dirty[parent]:
+                row = rows[key]
+                before = original.get(key)
+                if row is not None and (
+                    before is None or any(before[i] != row[c] for c, i in copied)
+                ):
+                    changed.add(key)
+            self.changed_parents[parent] |= changed
+        for name, keys in state.dirty.items():
+            kept, pending = self.rows[name], state.rows[name]
+            for key in keys:
+                row = pending[key]
+                if row is not None:
+                    kept[key] = self._values(name, row)
+            self.dirty[name] |= keys
+
+    def _values(self, name: str, row: Row) -> Values:
+        values: Values = self._pick[name](row)
+        at = self._attributes.get(name)
+        if at is not None and not values[at]:  # one shared empty object instead of one per row
+            values = (*values[:at], _EMPTY, *values[at + 1 :])
+        return values
+
+    # --- writing back ---------------------------------------------------------------------
+
+    def flush(self, connection: sa.Connection) -> None:
+        """Write every changed row (copies of parent columns current) and the checkpoints."""
+        self.settle()
+        self._refresh_copies()
+        for table in ENTITY_TABLES:
+            name = table.name
+            keys = self.dirty[name]
+            if not keys:
+                continue
+            rows = self.rows[name]
+            ordered = [values for key in sorted(keys) if (values := rows[key]) is not None]
+            dialect.write_values(connection, table, ordered, upsert=not self.empty[name])
+            self.empty[name] = False
+            keys.clear()
+        for child, reference, parent, columns in COPIES:
+            changed = self.changed_parents.get(parent)
+            if not changed or self.complete[child]:
+                continue  # a complete child table had all its rows refreshed above
+            # Child rows never loaded by this run still hold the old values.
+            names = tuple(sorted(columns))
+            at = [self.columns[parent].index(columns[n]) for n in names]
+            parents = self.rows[parent]
+            copies = [
+                (key, *(current[i] for i in at))
+                for key in sorted(changed)
+                if (current := parents[key]) is not None
+            ]
+            dialect.update_copies(connection, child, reference, names, copies)
+        self.changed_parents.clear()
+        if self.checkpoints is not None:
+            store.write_checkpoints(connection, [self.checkpoints[n] for n in sorted(self.moved)])
+        self.checkpoints, self.moved = None, set()
+
+    def _refresh_copies(self) -> None:
+        """Child rows held here whose parent's copied columns changed get the new values."""
+        for child, reference, parent, columns in COPIES:
+            changed = self.changed_parents.get(parent)
+            if not changed:
+                continue
+            child_columns, parent_columns = self.columns[child], self.columns[parent]
+            at = child_columns.index(reference)
+            pairs = [(child_columns.index(t), parent_columns.index(o)) for t, o in columns.items()]
+            parents, children, dirty = self.rows[parent], self.rows[child], self.dirty[child]
+            for key, values in children.items():
+                if values is None or values[at] not in changed:
+                    continue
+                source = parents.get(values[at])
+                updated = list(values)
+                for target, origin in pairs:
+                    updated[target] = None if source is None else source[origin]
+                if updated != list(values):
+                    children[key] = tuple(updated)
+                    dirty.add(key)

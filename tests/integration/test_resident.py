@@ -1,0 +1,157 @@
+"""Rows held in memory across batches: whatever the commit interval and memory bound, the
+tables equal those of a run that commits and forgets after every batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from projections import dialect, store
+from projections.generator import Noise, generate
+from projections.projector import catch_up, rebuild
+from projections.resident import LedgerFilter
+from projections.sources.ndjson import NdjsonSource
+from tests.helpers import Database, append_log, ev, write_log
+
+PROPERTY_SETTINGS = settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def _rebuild(database: Database, path: Path, **options: Any) -> dict[str, Any]:
+    source = NdjsonSource(path)
+    try:
+        rebuild(database.engine, source, database.settings(**options))
+    finally:
+        source.close()
+    return database.snapshot()
+
+
+@PROPERTY_SETTINGS
+@given(
+    n=st.integers(min_value=50, max_value=400),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+    batch_size=st.sampled_from([1, 7, 33, 5000]),
+    resident_rows=st.sampled_from([1, 40, 1_000_000]),
+)
+def test_held_rows_give_the_tables_of_a_commit_per_batch(
+    database: Database, n: int, seed: int, batch_size: int, resident_rows: int
+) -> None:
+    """One long transaction with rows in memory equals a commit (and a re-read) per batch."""
+    path = write_log(database.tmp / "log.ndjson", generate(n, seed=seed, noise=Noise.default()))
+    # commit_seconds=0 with resident_rows=1: every batch commits, forgets, and reads back.
+    expected = _rebuild(database, path, batch_size=batch_size, commit_seconds=0, resident_rows=1)
+    held = _rebuild(database, path, batch_size=batch_size, resident_rows=resident_rows)
+    assert held == expected
+
+
+def test_a_writer_between_two_transactions_makes_the_run_read_rows_again(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer's commit between our transactions: our held rows are dropped, not used."""
+    path = write_log(
+        database.tmp / "log.ndjson",
+        [ev("CustomerCreated", "cus_1", 1, name="A"), ev("CustomerDisabled", "cus_1", 2)],
+    )
+    engine = database.engine
+    real_begin = engine.begin
+    transactions = 0
+
+    def let_another_writer_in_before_the_second_transaction() -> Any:
+        nonlocal transactions
+        transactions += 1
+        if transactions == 2:  # between the first run's first and second transactions
+            other = NdjsonSource(path)
+            try:
+                catch_up(engine, other, database.settings(batch_size=1))
+            finally:
+                other.close()
+            append_log(path, [ev("CustomerUpdated", "cus_1", 3, changed_fields={"name": "B"})])
+        return real_begin()
+
+    monkeypatch.setattr(engine, "begin", let_another_writer_in_before_the_second_transaction)
+    source = NdjsonSource(path)
+    try:
+        result = catch_up(
+            database.engine, source, database.settings(batch_size=1, commit_seconds=0)
+        )
+    finally:
+        source.close()
+    row = database.row("customers", "cus_1")
+    assert row is not None
+    # Folded onto the row as the other run left it (disabled, version 2), not as first held.
+    assert (row["status"], row["name"], row["version"]) == ("disabled", "B", 3)
+    assert result.counters.anomalies == 0
+    assert database.count("event_anomalies") == 0
+
+
+def test_a_failed_background_write_commits_nothing(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger write runs beside the next batch; when it fails, the transaction rolls back."""
+    path = write_log(
+        database.tmp / "log.ndjson", [ev("CustomerCreated", f"cus_{i}", name="A") for i in range(5)]
+    )
+    real = store.write_records
+    writes = 0
+
+    def fail_on_the_third(*args: Any) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == 3:
+            raise RuntimeError("disk full")
+        real(*args)
+
+    monkeypatch.setattr(store, "write_records", fail_on_the_third)
+    source = NdjsonSource(path)
+    try:
+        with pytest.raises(RuntimeError, match="disk full"):
+            catch_up(database.engine, source, database.settings(batch_size=1))
+    finally:
+        source.close()
+    assert database.count("customers") == 0
+    assert database.count("processed_events") == 0
+    assert database.checkpoints() == {}
+
+
+def test_the_ledger_filter_never_forgets_what_it_was_given() -> None:
+    """A "no" from the filter is certain: everything added answers "maybe"."""
+    bits = LedgerFilter()
+    added = [f"evt_{i}" for i in range(5000)] + [("customers", f"cus_{i}", "k") for i in range(500)]
+    for item in added:
+        bits.add(item)
+    assert all(bits.maybe(item) for item in added)
+    others = [f"other_{i}" for i in range(5000)]
+    assert sum(bits.maybe(item) for item in others) < 50  # and it does say "no"
+
+
+def test_one_transaction_for_a_whole_rebuild_by_default(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many batches, one commit: rows are written once, not once per batch."""
+    path = write_log(
+        database.tmp / "log.ndjson",
+        [ev("CustomerCreated", "cus_1", 1, name="A")]
+        + [
+            ev("CustomerUpdated", "cus_1", v, changed_fields={"name": f"N{v}"})
+            for v in range(2, 40)
+        ],
+    )
+    written: list[int] = []
+    real = dialect.write_values
+
+    def count(connection: Any, table: Any, rows: Any, *, upsert: bool) -> None:
+        if table.name == "customers":
+            written.append(len(rows))
+        real(connection, table, rows, upsert=upsert)
+
+    monkeypatch.setattr(dialect, "write_values", count)
+    result = _rebuild(database, path, batch_size=3)
+    assert written == [1]
+    assert result["customers"][0]["version"] == 39
