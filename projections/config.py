@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 DEFAULT_DATABASE_URL = "sqlite:///projections.db"
 DEFAULT_BATCH_SIZE = 10_000
 DEFAULT_COMMIT_SECONDS = 30.0
+DEFAULT_SQLITE_COMMIT_SECONDS = 10.0
 DEFAULT_RESIDENT_ROWS = 1_000_000
 NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".json", ".gz")
 
@@ -37,8 +38,16 @@ class Settings:
     version_mode: VersionMode = VersionMode.sequence
     strict: bool = False
     projectors: tuple[str, ...] | None = None  # only these (a one-projector rebuild)
-    commit_seconds: float = DEFAULT_COMMIT_SECONDS  # longest a transaction of batches runs
+    commit_seconds: float | None = None  # longest a transaction of batches runs (None: default)
     resident_rows: int = DEFAULT_RESIDENT_ROWS  # rows held in memory before a commit drops them
+
+    @property
+    def commit_interval(self) -> float:
+        """Seconds a run may hold one transaction: shorter on SQLite, where a writer waiting
+        for the file's lock gives up after 30 s."""
+        if self.commit_seconds is not None:
+            return self.commit_seconds
+        return DEFAULT_COMMIT_SECONDS if self.is_postgres else DEFAULT_SQLITE_COMMIT_SECONDS
 
     @property
     def is_postgres(self) -> bool:
@@ -97,11 +106,11 @@ def env_int(name: str, default: int) -> int:
     return value
 
 
-def env_seconds(name: str, default: float) -> float:
-    """Read a duration in seconds (0 or more) from the environment."""
+def env_seconds(name: str) -> float | None:
+    """Read a duration in seconds (0 or more) from the environment; None when unset."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
-        return default
+        return None
     try:
         value = float(raw)
     except ValueError as exc:

@@ -172,23 +172,3 @@ COPIES: tuple[tuple[str, str, str, dict[str, str]], ...] = (
     ),
     ("conversations", "contact_id", "contacts", {"contact_display_name": "display_name"}),
 )
-
-
-def referenced_keys(state: Pending) -> list[tuple[str, Key]]:
-    """Parent rows whose values the batch's changed child rows copy."""
-    keys: list[tuple[str, Key]] = []
-    for child, reference, parent, _ in COPIES:
-        for row in state.changed_rows(child):
-            if row[reference] is not None:
-                keys.append((parent, row[reference]))
-    return keys
-
-
-def resolve_copies(state: Pending) -> None:
-    """Fill the denormalised columns of changed child rows from their parents' current rows."""
-    for child, reference, parent, columns in COPIES:
-        parents = state.rows[parent]
-        for row in state.changed_rows(child):
-            source = parents.get(row[reference]) if row[reference] is not None else None
-            for target, origin in columns.items():
-                row[target] = source[origin] if source is not None else None

@@ -22,8 +22,6 @@ from projections.fold import (
     Folder,
     aggregate_keys,
     idempotency_key,
-    referenced_keys,
-    resolve_copies,
 )
 from projections.resident import Resident
 from projections.sources import Source, SourceBatch
@@ -159,7 +157,7 @@ def _transaction(
             progress(batch, result.counters)
         if (
             len(resident) >= settings.resident_rows
-            or time.monotonic() - started >= settings.commit_seconds
+            or time.monotonic() - started >= settings.commit_interval
         ):
             return False
 
@@ -229,8 +227,6 @@ def one_batch(
         folder.apply(event)
         last_ids[event.family.name] = event.event_id
     newest = max((e.occurred_at for e in events), default=None)
-    resident.load(connection, state, referenced_keys(state))
-    resolve_copies(state)
     resident.absorb(state)
 
     now = utc_now()

@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from operator import itemgetter
+from sys import intern
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,6 +33,9 @@ from projections.store import Checkpoint
 from projections.tables import ENTITY_TABLES, TABLES
 
 Values = tuple[Any, ...]
+_FEW_VALUES = frozenset(
+    {"customer_id", "status", "status_reason", "kind", "provider_kind", "channel_kind"}
+)
 _UNKNOWN: Any = object()  # a key this run knows nothing about
 # One empty attributes object shared by every row without attributes (handlers never mutate it).
 _EMPTY: dict[str, Any] = {}
@@ -76,6 +80,11 @@ class Resident:
             name: columns.index("attributes")
             for name, columns in self.columns.items()
             if "attributes" in columns
+        }
+        # Columns with few distinct values (owners, statuses, kinds): their strings are interned.
+        self._shared = {
+            name: [i for i, column in enumerate(columns) if column in _FEW_VALUES]
+            for name, columns in self.columns.items()
         }
         self.rows: dict[str, dict[Key, Values | None]] = {t.name: {} for t in ENTITY_TABLES}
         self.dirty: dict[str, set[Key]] = {t.name: set() for t in ENTITY_TABLES}
@@ -191,26 +200,29 @@ class Resident:
                 None if values is None else dict(zip(self.columns[name], values, strict=True))
             )
             state.original[name][key] = values
-        if missing:
-            self.settle()
         for name, wanted in missing.items():
-            table = TABLES[name]
-            key_columns = [c.name for c in table.primary_key.columns]
-            for found in dialect.fetch_rows(connection, table, sorted(wanted)):
-                found_key: Key = (
-                    found[key_columns[0]]
-                    if len(key_columns) == 1
-                    else (found[key_columns[0]], found[key_columns[1]])
-                )
-                values = self._values(name, found)
-                state.remember(
-                    name, found_key, dict(zip(self.columns[name], values, strict=True)), values
-                )
-                self.rows[name][found_key] = values
-            for absent in wanted:
-                if not state.loaded(name, absent):
-                    state.remember(name, absent, None, None)
-                    self.rows[name][absent] = None
+            self.fetch(connection, name, wanted)
+            rows, columns = self.rows[name], self.columns[name]
+            for key in wanted:
+                values = rows[key]
+                row = None if values is None else dict(zip(columns, values, strict=True))
+                state.remember(name, key, row, values)
+
+    def fetch(self, connection: sa.Connection, name: str, keys: set[Key]) -> None:
+        """Read rows from the database into this store (None for the keys it lacks)."""
+        self.settle()
+        table = TABLES[name]
+        key_columns = [c.name for c in table.primary_key.columns]
+        rows = self.rows[name]
+        for found in dialect.fetch_rows(connection, table, sorted(keys)):
+            key: Key = (
+                found[key_columns[0]]
+                if len(key_columns) == 1
+                else (found[key_columns[0]], found[key_columns[1]])
+            )
+            rows[key] = self._values(name, found)
+        for key in keys:
+            rows.setdefault(key, None)
 
     def absorb(self, state: Pending) -> None:
         """Take the batch's changed rows, and note parents whose copied columns changed."""
@@ -233,18 +245,21 @@ class Resident:
             self.dirty[name] |= keys
 
     def _values(self, name: str, row: Row) -> Values:
-        values: Values = self._pick[name](row)
-        at = self._attributes.get(name)
-        if at is not None and not values[at]:  # one shared empty object instead of one per row
-            values = (*values[:at], _EMPTY, *values[at + 1 :])
-        return values
+        values = list(self._pick[name](row))
+        for at in self._shared[name]:  # one object per distinct value, not one per row
+            if (value := values[at]).__class__ is str:
+                values[at] = intern(value)
+        attributes = self._attributes.get(name)
+        if attributes is not None and not values[attributes]:  # one empty object for all rows
+            values[attributes] = _EMPTY
+        return tuple(values)
 
     # --- writing back ---------------------------------------------------------------------
 
     def flush(self, connection: sa.Connection) -> None:
         """Write every changed row (copies of parent columns current) and the checkpoints."""
         self.settle()
-        self._refresh_copies()
+        self._resolve_copies(connection)
         for table in ENTITY_TABLES:
             name = table.name
             keys = self.dirty[name]
@@ -274,20 +289,35 @@ class Resident:
             store.write_checkpoints(connection, [self.checkpoints[n] for n in sorted(self.moved)])
         self.checkpoints, self.moved = None, set()
 
-    def _refresh_copies(self) -> None:
-        """Child rows held here whose parent's copied columns changed get the new values."""
+    def _resolve_copies(self, connection: sa.Connection) -> None:
+        """Copy parent columns into changed child rows and held children of changed parents.
+
+        Done once per flush rather than per batch: handlers never read the copies.
+        """
         for child, reference, parent, columns in COPIES:
-            changed = self.changed_parents.get(parent)
-            if not changed:
-                continue
             child_columns, parent_columns = self.columns[child], self.columns[parent]
             at = child_columns.index(reference)
             pairs = [(child_columns.index(t), parent_columns.index(o)) for t, o in columns.items()]
-            parents, children, dirty = self.rows[parent], self.rows[child], self.dirty[child]
-            for key, values in children.items():
-                if values is None or values[at] not in changed:
+            children, parents, dirty = self.rows[child], self.rows[parent], self.dirty[child]
+            targets = set(dirty)
+            if changed := self.changed_parents.get(parent):
+                targets.update(
+                    key for key, values in children.items() if values and values[at] in changed
+                )
+            if not self.complete[parent]:
+                wanted: set[Key] = set()
+                for key in targets:
+                    values = children[key]
+                    if values and (ref := values[at]) is not None and ref not in parents:
+                        wanted.add(ref)
+                if wanted:
+                    self.fetch(connection, parent, wanted)
+            for key in targets:
+                values = children[key]
+                if values is None:
                     continue
-                source = parents.get(values[at])
+                ref = values[at]
+                source = parents.get(ref) if ref is not None else None
                 updated = list(values)
                 for target, origin in pairs:
                     updated[target] = None if source is None else source[origin]

@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from projections import migrate as migrations
 from projections.config import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_COMMIT_SECONDS,
     DEFAULT_RESIDENT_ROWS,
     Settings,
     database_url,
@@ -35,7 +34,7 @@ def settings(
         database_url=database_url(url),
         log_url=log_url(log),
         batch_size=size,
-        commit_seconds=env_seconds("PROJECTIONS_COMMIT_SECONDS", DEFAULT_COMMIT_SECONDS),
+        commit_seconds=env_seconds("PROJECTIONS_COMMIT_SECONDS"),
         resident_rows=env_int("PROJECTIONS_RESIDENT_ROWS", DEFAULT_RESIDENT_ROWS),
         **extra,
     )

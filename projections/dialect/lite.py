@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -84,14 +84,14 @@ def write_values(
         return
     columns = tuple(c.name for c in table.columns)
     convert = values_writer(table, "sqlite")
-    _insert(connection, table, columns, [convert(row) for row in rows], upsert=upsert)
+    _insert(connection, table, columns, map(convert, rows), upsert=upsert)
 
 
 def _insert(
     connection: sa.Connection,
     table: sa.Table,
     columns: tuple[str, ...],
-    rows: Sequence[Sequence[Any]],
+    rows: Iterable[Sequence[Any]],
     *,
     upsert: bool,
 ) -> None:

@@ -10,6 +10,11 @@ import sqlalchemy as sa
 
 from projections.dialect.rows import driver_cursor, values_writer, writer
 
+# Keys travel as one JSON document (dumping a 10,000-element array parameter costs more).
+# Lookups are never prepared: a generic plan made while a table was small (early in a
+# rebuild's transaction) would keep scanning it whole as it grows.
+_KEYS = "ANY(ARRAY(SELECT jsonb_array_elements_text(%s::text::jsonb)))"
+
 
 def fetch_rows(
     connection: sa.Connection, table: sa.Table, keys: Sequence[Any]
@@ -18,16 +23,19 @@ def fetch_rows(
     columns = [c.name for c in table.columns]
     key_columns = [c.name for c in table.primary_key.columns]
     cursor = driver_cursor(connection)
-    # Keys travel as one JSON document: dumping a 10,000-element array parameter costs more.
     if len(key_columns) == 1:
-        keyed = "(SELECT jsonb_array_elements_text(%s::text::jsonb))"
-    else:
-        picks = ", ".join(f"k->>{i}" for i in range(len(key_columns)))
-        keyed = f"(SELECT {picks} FROM jsonb_array_elements(%s::text::jsonb) AS k)"
+        cursor.execute(
+            f"SELECT {', '.join(columns)} FROM {table.name} WHERE {key_columns[0]} = {_KEYS}",
+            (orjson.dumps(list(keys)).decode(),),
+            prepare=False,
+        )
+        return [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
+    on = " AND ".join(f"t.{name} = k->>{i}" for i, name in enumerate(key_columns))
     cursor.execute(
-        f"SELECT {', '.join(columns)} FROM {table.name} "
-        f"WHERE ({', '.join(key_columns)}) IN {keyed}",
+        f"SELECT {', '.join(f't.{c}' for c in columns)} "
+        f"FROM jsonb_array_elements(%s::text::jsonb) AS k JOIN {table.name} AS t ON {on}",
         (orjson.dumps(list(keys)).decode(),),
+        prepare=False,
     )
     return [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
 
@@ -36,21 +44,23 @@ def fetch_seen(
     connection: sa.Connection, event_ids: Sequence[str], triples: Sequence[tuple[str, str, str]]
 ) -> tuple[set[str], set[tuple[str, str, str]]]:
     """Event ids and (projector, aggregate, idempotency key) triples already in the ledger."""
-    # Keys travel as one JSON document: dumping a 10,000-element array parameter costs more.
     cursor = driver_cursor(connection)
-    cursor.execute(
-        "SELECT event_id FROM processed_events "
-        "WHERE event_id IN (SELECT jsonb_array_elements_text(%s::text::jsonb))",
-        (orjson.dumps(event_ids).decode(),),
-    )
-    ids = {row[0] for row in cursor.fetchall()}
+    ids: set[str] = set()
+    if event_ids:
+        cursor.execute(
+            f"SELECT event_id FROM processed_events WHERE event_id = {_KEYS}",
+            (orjson.dumps(event_ids).decode(),),
+            prepare=False,
+        )
+        ids = {row[0] for row in cursor.fetchall()}
     found: set[tuple[str, str, str]] = set()
     if triples:
         cursor.execute(
-            "SELECT projector, aggregate_id, idempotency_key FROM processed_events "
-            "WHERE (projector, aggregate_id, idempotency_key) IN "
-            "(SELECT t->>0, t->>1, t->>2 FROM jsonb_array_elements(%s::text::jsonb) AS t)",
+            "SELECT p.projector, p.aggregate_id, p.idempotency_key "
+            "FROM jsonb_array_elements(%s::text::jsonb) AS k JOIN processed_events AS p "
+            "ON p.projector = k->>0 AND p.aggregate_id = k->>1 AND p.idempotency_key = k->>2",
             (orjson.dumps(triples).decode(),),
+            prepare=False,
         )
         found = {(a, b, c) for a, b, c in cursor.fetchall()}
     return ids, found

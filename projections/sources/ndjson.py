@@ -141,6 +141,7 @@ class NdjsonSource:
         offset = int(state.get("offset", 0)) if position else 0
         if self._handle is None or offset != self._offset:
             self._reposition(offset)
+        before = self._recent  # a line cut short below may reload _recent to the new offset
         lines: list[tuple[int, bytes]] = []
         line_no = position
         last_line = self.until[1] if self.until is not None else None
@@ -162,9 +163,7 @@ class NdjsonSource:
         if line_no == position:
             return SourceBatch([], position, state, advanced=False)
         if self._recent_exact:
-            self._recent = (self._recent + b"".join(line + b"\n" for line in tail))[
-                -FINGERPRINT_BYTES:
-            ]
+            self._recent = (before + b"".join(line + b"\n" for line in tail))[-FINGERPRINT_BYTES:]
         else:
             self._reload_recent()
         return SourceBatch(lines, line_no, self._state(self._offset))

@@ -224,3 +224,22 @@ def test_sample_log_exercises_every_counter(tmp_path: Path) -> None:
         "anomalies",
     ):
         assert summary[counter] > 0, counter  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "needle"),
+    [
+        ("PROJECTIONS_COMMIT_SECONDS", "soon", "number of seconds"),
+        ("PROJECTIONS_COMMIT_SECONDS", "-1", "0 or more"),
+        ("PROJECTIONS_COMMIT_SECONDS", "nan", "0 or more"),
+        ("PROJECTIONS_RESIDENT_ROWS", "0", "at least 1"),
+    ],
+)
+def test_bad_commit_settings_exit_2(tmp_path: Path, variable: str, value: str, needle: str) -> None:
+    """The transaction and memory settings are checked before anything is read."""
+    log = write_log(tmp_path / "x.ndjson", [ev("CustomerCreated", "cus_1", name="A")])
+    done = cli("run", "--source", str(log), cwd=tmp_path, env={variable: value})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert variable in done.stderr and needle in done.stderr
+    assert not (tmp_path / "projections.db").exists()

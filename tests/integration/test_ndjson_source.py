@@ -16,6 +16,7 @@ import pytest
 from projections.errors import ConfigurationError, SourceMismatchError
 from projections.events import MAX_LINE_BYTES
 from projections.generator import Noise, generate
+from projections.sources.ndjson import NdjsonSource
 from projections.store import PROJECTORS
 from tests.helpers import Database, append_log, cli, ev, line, write_log
 
@@ -458,3 +459,25 @@ def test_crlf_blank_lines_count_as_positions_and_a_bare_cr_waits(database: Datab
     done = database.project(path)
     assert (done.position, done.counters.applied) == (6, 1)
     assert database.row("customers", "cus_0003") is not None
+
+
+def test_the_tail_fingerprint_stays_right_when_a_read_stops_at_a_half_written_long_line(
+    tmp_path: Path,
+) -> None:
+    """A read of a few lines that ends at an unfinished line over 1 MiB stores a state the
+    unchanged file still verifies against (the next run must not call it replaced)."""
+    path = tmp_path / "log.ndjson"
+    lines = [line(ev("CustomerCreated", f"cus_{i}", name="A" * 50)) for i in range(60)]
+    path.write_bytes(b"".join(lines) + b'{"x":"' + b"y" * (1 << 21))  # still being written
+    source = NdjsonSource(path)
+    try:
+        first = source.read(0, {}, 55)  # over 4 KiB: the tail fingerprint is of read bytes
+        second = source.read(first.position, first.state, 1000)
+    finally:
+        source.close()
+    assert second.position == 60
+    fresh = NdjsonSource(path)
+    try:
+        fresh.verify(second.position, second.state)
+    finally:
+        fresh.close()

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from projections import dialect, store
+from projections.config import VersionMode
 from projections.generator import Noise, generate
 from projections.projector import catch_up, rebuild
 from projections.resident import LedgerFilter
@@ -24,10 +25,10 @@ PROPERTY_SETTINGS = settings(
 )
 
 
-def _rebuild(database: Database, path: Path, **options: Any) -> dict[str, Any]:
+def _work(database: Database, path: Path, work: Any, **options: Any) -> dict[str, Any]:
     source = NdjsonSource(path)
     try:
-        rebuild(database.engine, source, database.settings(**options))
+        work(database.engine, source, database.settings(**options))
     finally:
         source.close()
     return database.snapshot()
@@ -35,20 +36,37 @@ def _rebuild(database: Database, path: Path, **options: Any) -> dict[str, Any]:
 
 @PROPERTY_SETTINGS
 @given(
-    n=st.integers(min_value=50, max_value=400),
+    n=st.integers(min_value=30, max_value=300),
     seed=st.integers(min_value=0, max_value=2**32 - 1),
-    batch_size=st.sampled_from([1, 7, 33, 5000]),
-    resident_rows=st.sampled_from([1, 40, 1_000_000]),
+    batch_size=st.sampled_from([1, 3, 17, 5000]),
+    cut=st.floats(min_value=0.0, max_value=1.0),
+    resident_rows=st.sampled_from([1, 25, 1_000_000]),
+    commit_seconds=st.sampled_from([0.0, 30.0]),
+    mode=st.sampled_from([VersionMode.sequence, VersionMode.none]),
 )
 def test_held_rows_give_the_tables_of_a_commit_per_batch(
-    database: Database, n: int, seed: int, batch_size: int, resident_rows: int
+    database: Database,
+    n: int,
+    seed: int,
+    batch_size: int,
+    cut: float,
+    resident_rows: int,
+    commit_seconds: float,
+    mode: VersionMode,
 ) -> None:
-    """One long transaction with rows in memory equals a commit (and a re-read) per batch."""
-    path = write_log(database.tmp / "log.ndjson", generate(n, seed=seed, noise=Noise.default()))
+    """Rows held across batches and commits, a rebuild then a run over the rest, equal a
+    rebuild that commits, forgets and reads back after every batch."""
+    lines = list(generate(n, seed=seed, noise=Noise.default()))
+    path = write_log(database.tmp / "log.ndjson", lines)
     # commit_seconds=0 with resident_rows=1: every batch commits, forgets, and reads back.
-    expected = _rebuild(database, path, batch_size=batch_size, commit_seconds=0, resident_rows=1)
-    held = _rebuild(database, path, batch_size=batch_size, resident_rows=resident_rows)
-    assert held == expected
+    options: dict[str, Any] = {"batch_size": batch_size, "version_mode": mode}
+    expected = _work(database, path, rebuild, commit_seconds=0, resident_rows=1, **options)
+    held = {"commit_seconds": commit_seconds, "resident_rows": resident_rows, **options}
+    k = int(len(lines) * cut)
+    write_log(path, lines[:k])
+    _work(database, path, rebuild, **held)
+    append_log(path, lines[k:])
+    assert _work(database, path, catch_up, **held) == expected
 
 
 def test_a_writer_between_two_transactions_makes_the_run_read_rows_again(
@@ -152,6 +170,6 @@ def test_one_transaction_for_a_whole_rebuild_by_default(
         real(connection, table, rows, upsert=upsert)
 
     monkeypatch.setattr(dialect, "write_values", count)
-    result = _rebuild(database, path, batch_size=3)
+    result = _work(database, path, rebuild, batch_size=3)
     assert written == [1]
     assert result["customers"][0]["version"] == 39
