@@ -54,7 +54,7 @@ class LedgerFilter:
     a lookup per event; its size does not grow with the log.
     """
 
-    BITS = 1 << 26  # 8 MiB; about 2 % false "maybe" after a million events
+    BITS = 1 << 25  # 4 MiB; about 4 % false "maybe" after a million events and keys
 
     def __init__(self) -> None:
         self._bits = bytearray(self.BITS // 8)
@@ -87,6 +87,7 @@ class Resident:
             for name, columns in self.columns.items()
         }
         self.rows: dict[str, dict[Key, Values | None]] = {t.name: {} for t in ENTITY_TABLES}
+        # Rows changed since the flush; not kept for a table still empty (all its rows are).
         self.dirty: dict[str, set[Key]] = {t.name: set() for t in ENTITY_TABLES}
         self.complete = dict.fromkeys(self.columns, False)
         self.empty = dict.fromkeys(self.columns, False)  # nothing of this run's in the table yet
@@ -135,11 +136,6 @@ class Resident:
 
     def __len__(self) -> int:
         return sum(len(rows) for rows in self.rows.values())
-
-    @property
-    def pending(self) -> int:
-        """Rows changed since the last flush."""
-        return sum(len(keys) for keys in self.dirty.values())
 
     def start(self, connection: sa.Connection) -> None:
         """Mark the tables that are empty now: their rows will all pass through here."""
@@ -242,7 +238,8 @@ class Resident:
                 row = pending[key]
                 if row is not None:
                     kept[key] = self._values(name, row)
-            self.dirty[name] |= keys
+            if not self.empty[name]:  # in a table still empty, every row held is changed
+                self.dirty[name] |= keys
 
     def _values(self, name: str, row: Row) -> Values:
         values = list(self._pick[name](row))
@@ -262,13 +259,12 @@ class Resident:
         self._resolve_copies(connection)
         for table in ENTITY_TABLES:
             name = table.name
-            keys = self.dirty[name]
-            if not keys:
-                continue
-            rows = self.rows[name]
-            ordered = [values for key in sorted(keys) if (values := rows[key]) is not None]
-            dialect.write_values(connection, table, ordered, upsert=not self.empty[name])
-            self.empty[name] = False
+            rows, keys = self.rows[name], self.dirty[name]
+            written = rows.keys() if self.empty[name] else keys
+            ordered = [values for key in sorted(written) if (values := rows[key]) is not None]
+            if ordered:
+                dialect.write_values(connection, table, ordered, upsert=not self.empty[name])
+                self.empty[name] = False
             keys.clear()
         for child, reference, parent, columns in COPIES:
             changed = self.changed_parents.get(parent)
@@ -299,7 +295,7 @@ class Resident:
             at = child_columns.index(reference)
             pairs = [(child_columns.index(t), parent_columns.index(o)) for t, o in columns.items()]
             children, parents, dirty = self.rows[child], self.rows[parent], self.dirty[child]
-            targets = set(dirty)
+            targets = set(children) if self.empty[child] else set(dirty)
             if changed := self.changed_parents.get(parent):
                 targets.update(
                     key for key, values in children.items() if values and values[at] in changed

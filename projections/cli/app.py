@@ -55,7 +55,10 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object in
 BatchSize = Annotated[
     int | None,
     typer.Option(
-        "--batch-size", min=1, help="Events per transaction (default 10000).", show_default=False
+        "--batch-size",
+        min=1,
+        help="Events read and folded at a time (default 5000).",
+        show_default=False,
     ),
 ]
 VersionModeOption = Annotated[
