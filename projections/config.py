@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from projections.errors import ConfigurationError
 
@@ -94,13 +95,9 @@ def normalise_url(raw: str) -> URL:
 
 def env_int(name: str, default: int) -> int:
     """Read a positive integer setting from the environment."""
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
+    value = _env_number(name, int, "a whole number")
+    if value is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from exc
     if value < 1:
         raise ConfigurationError(f"{name} must be at least 1, got {value}")
     return value
@@ -108,16 +105,23 @@ def env_int(name: str, default: int) -> int:
 
 def env_seconds(name: str) -> float | None:
     """Read a duration in seconds (0 or more) from the environment; None when unset."""
+    value = _env_number(name, float, "a number of seconds")
+    if value is not None and not value >= 0:  # also refuses nan
+        raise ConfigurationError(f"{name} must be 0 or more seconds, got {value}")
+    return value
+
+
+_Number = TypeVar("_Number", int, float)
+
+
+def _env_number(name: str, parse: Callable[[str], _Number], what: str) -> _Number | None:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return None
     try:
-        value = float(raw)
+        return parse(raw)
     except ValueError as exc:
-        raise ConfigurationError(f"{name} must be a number of seconds, got {raw!r}") from exc
-    if not value >= 0:  # also refuses nan
-        raise ConfigurationError(f"{name} must be 0 or more seconds, got {raw}")
-    return value
+        raise ConfigurationError(f"{name} must be {what}, got {raw!r}") from exc
 
 
 def is_db_source(source: str) -> bool:
