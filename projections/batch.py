@@ -46,10 +46,6 @@ class Pending:
         default_factory=lambda: {t.name: set() for t in ENTITY_TABLES}
     )
 
-    def loaded(self, table: str, key: Key) -> bool:
-        """True when the row (or its absence) is already known to the batch."""
-        return key in self.rows[table]
-
     def remember(
         self, table: str, key: Key, row: Row | None, values: tuple[Any, ...] | None
     ) -> None:
@@ -80,8 +76,3 @@ class Pending:
     def touch(self, table: str, key: Key) -> None:
         """Mark an existing row as changed."""
         self.dirty[table].add(key)
-
-    def changed_rows(self, table: str) -> list[Row]:
-        """The rows of `table` the batch changed, in a stable order."""
-        rows = self.rows[table]
-        return [r for k in sorted(self.dirty[table]) if (r := rows[k]) is not None]

@@ -162,7 +162,8 @@ class NdjsonSource:
             tail = _last_bytes([*tail, *raw[-FINGERPRINT_BYTES:]])
         if line_no == position:
             return SourceBatch([], position, state, advanced=False)
-        if self._recent_exact:
+        # A line over the limit is kept cut short: its bytes are not the file's, read them.
+        if self._recent_exact and all(len(line) <= MAX_LINE_BYTES for line in tail):
             self._recent = (before + b"".join(line + b"\n" for line in tail))[-FINGERPRINT_BYTES:]
         else:
             self._reload_recent()

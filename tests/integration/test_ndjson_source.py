@@ -481,3 +481,25 @@ def test_the_tail_fingerprint_stays_right_when_a_read_stops_at_a_half_written_lo
         fresh.verify(second.position, second.state)
     finally:
         fresh.close()
+
+
+def test_the_tail_fingerprint_stays_right_after_a_line_kept_cut_short(tmp_path: Path) -> None:
+    """A read that passes a line over 1 MiB (kept cut short for quarantine), a few lines, and
+    ends at a half-written long line stores a state the unchanged file verifies against."""
+    path = tmp_path / "log.ndjson"
+    lines = [line(ev("CustomerCreated", f"cus_{i}", name="A" * 50)) for i in range(20)]
+    too_long = b'{"x":"' + b"y" * (3 << 20) + b'"}\n'
+    after = [line(ev("CustomerCreated", f"cus_b{i}", name="B")) for i in range(3)]
+    half = b'{"x":"' + b"z" * (2 << 20)
+    path.write_bytes(b"".join(lines) + too_long + b"".join(after) + half)
+    source = NdjsonSource(path)
+    try:
+        batch = source.read(0, {}, 1000)
+    finally:
+        source.close()
+    assert batch.position == 24
+    fresh = NdjsonSource(path)
+    try:
+        fresh.verify(batch.position, batch.state)
+    finally:
+        fresh.close()
