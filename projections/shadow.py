@@ -201,10 +201,11 @@ class Shadow:
                 connection.exec_driver_sql(
                     f"CREATE OR REPLACE VIEW public.{name}{with_options} AS {definition}"
                 )
-        if keep_old:
-            report.kept_old = old
-        else:
-            with self.live.begin() as connection:
+            if keep_old:
+                report.kept_old = old
+            else:
+                # In the swap's transaction: a process killed right after it leaves no old
+                # tables behind that nothing would ever drop.
                 connection.exec_driver_sql(f'DROP SCHEMA "{old}" CASCADE')
         return report
 

@@ -463,3 +463,34 @@ def test_fingerprint_follows_the_handler_version(monkeypatch: pytest.MonkeyPatch
     assert {k: v for k, v in after.items() if k != "conversations"} == {
         k: v for k, v in before.items() if k != "conversations"
     }
+
+
+def test_a_rebuild_dying_right_after_its_swap_leaves_no_old_tables(
+    postgres_database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old tables are dropped in the swap's own transaction: nothing after it can strand
+    them (a kill between two transactions used to leave a projections_old_* schema)."""
+    from projections.shadow import Shadow, shadow_rebuild
+    from projections.sources.ndjson import NdjsonSource
+
+    db = postgres_database
+    db.project(_log(db, 300, seed=3), fresh=True)
+    log = _log(db, 500, seed=4, name="new.ndjson")
+    real_swap = Shadow._swap_postgres
+
+    def die_at_the_next_transaction() -> Any:
+        raise KeyboardInterrupt  # the process ends once the swap's transaction has committed
+
+    def swap_then_die(self: Shadow, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(db.engine, "begin", die_at_the_next_transaction)
+        real_swap(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Shadow, "_swap_postgres", swap_then_die)
+    source = NdjsonSource(log)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            shadow_rebuild(db.engine, source, db.settings())
+    finally:
+        source.close()
+    assert [name for name in _leftovers(db) if name.startswith("projections_old_")] == []
