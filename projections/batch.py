@@ -2,34 +2,107 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from projections.tables import ENTITY_TABLES
 
-Row = dict[str, Any]
 Key = str | tuple[str, str]
+# One empty attributes object shared by every row without attributes (nothing mutates it).
+EMPTY_ATTRIBUTES: dict[str, Any] = {}
 
 
-def blank_row(table: sa.Table) -> Row:
-    """A row of `table` with every column at its empty value."""
-    template = _BLANK.get(table.name)
-    if template is None:
-        template = {column.name: None for column in table.columns}
-        for name, empty in (("version", 0), ("participant_count", 0), ("active", False)):
-            if name in template:
-                template[name] = empty
-        _BLANK[table.name] = template
-    row = template.copy()
-    if "attributes" in row:
-        row["attributes"] = {}
+class Row:
+    """One row of an entity table: a slot per column, read and set as attributes.
+
+    Each table has its own subclass (`ROW_CLASSES`); a run keeps these objects from
+    batch to batch, so folding an event never converts a row. The annotations are
+    every column handlers use, for the type checker; a table's class has only its own.
+    """
+
+    if not TYPE_CHECKING:  # the checker sees the columns below; each table's class has slots
+        __slots__ = ()
+
+    # entity columns (SPEC §5)
+    version: int
+    created_at: datetime | None
+    updated_at: datetime | None
+    last_event_id: str | None
+    attributes: dict[str, Any]
+    customer_id: str | None
+    status: str | None
+    status_reason: str | None
+    # per table
+    name: str | None
+    display_name: str | None
+    deleted_at: datetime | None
+    kind: str | None
+    address: str | None
+    normalized: str | None
+    provider_id: str | None
+    provider_kind: str | None
+    channel_id: str | None
+    contact_id: str | None
+    topic: str | None
+    closed_at: datetime | None
+    archived_at: datetime | None
+    participant_count: int
+    channel_kind: str | None
+    channel_address: str | None
+    contact_display_name: str | None
+    active: bool
+    added_at: datetime | None
+    removed_at: datetime | None
+
+
+_EMPTY_VALUES = {"version": 0, "participant_count": 0, "active": False}
+
+
+def _row_class(table: sa.Table) -> Callable[..., Row]:
+    # Key columns first, so a new row is made from its key alone.
+    keys = [c.name for c in table.primary_key.columns]
+    names = keys + [c.name for c in table.columns if c.name not in keys]
+    fields = [
+        (name, Any, dataclasses.field(default=_EMPTY_VALUES.get(name)))
+        for name in names[len(keys) :]
+    ]
+    made = dataclasses.make_dataclass(
+        "".join(part.title() for part in table.name.split("_")) + "Row",
+        [*keys, *fields],
+        bases=(Row,),
+        slots=True,
+        eq=False,
+    )
+    made.__module__ = __name__
+    return made
+
+
+ROW_CLASSES: dict[str, Callable[..., Row]] = {t.name: _row_class(t) for t in ENTITY_TABLES}
+# A row's values in the table's column order, as written to the database.
+VALUES = {t.name: attrgetter(*(c.name for c in t.columns)) for t in ENTITY_TABLES}
+_HAS_ATTRIBUTES = frozenset(t.name for t in ENTITY_TABLES if "attributes" in t.columns)
+
+
+def new_row(table: str, key: Key) -> Row:
+    """A row of `table` for `key` with every other column at its empty value."""
+    row = ROW_CLASSES[table](*key) if isinstance(key, tuple) else ROW_CLASSES[table](key)
+    if table in _HAS_ATTRIBUTES:
+        row.attributes = EMPTY_ATTRIBUTES
     return row
 
 
-_BLANK: dict[str, Row] = {}
-_KEY_COLUMNS = {t.name: [c.name for c in t.primary_key.columns] for t in ENTITY_TABLES}
+def row_from(table: str, values: dict[str, Any]) -> Row:
+    """A row of `table` from its column values by name (as read from the database)."""
+    row = ROW_CLASSES[table](**values)
+    if table in _HAS_ATTRIBUTES and not row.attributes:
+        row.attributes = EMPTY_ATTRIBUTES
+    return row
 
 
 @dataclass
@@ -39,38 +112,24 @@ class Pending:
     rows: dict[str, dict[Key, Row | None]] = field(
         default_factory=lambda: {t.name: {} for t in ENTITY_TABLES}
     )
-    original: dict[str, dict[Key, tuple[Any, ...] | None]] = field(
-        default_factory=lambda: {t.name: {} for t in ENTITY_TABLES}
-    )
     dirty: dict[str, set[Key]] = field(
         default_factory=lambda: {t.name: set() for t in ENTITY_TABLES}
     )
-
-    def remember(
-        self, table: str, key: Key, row: Row | None, values: tuple[Any, ...] | None
-    ) -> None:
-        """Record a row as it was before any event of the batch (`values`: in column order)."""
-        self.rows[table][key] = row
-        self.original[table][key] = values
+    # Of parent tables only: the columns children copy, as they were before the batch.
+    original: dict[str, dict[Key, tuple[Any, ...] | None]] = field(default_factory=dict)
 
     def get(self, table: str, key: Key) -> Row | None:
         """The current pending row, or None if it does not exist (it must have been loaded)."""
         return self.rows[table][key]
 
-    def upsert(self, table: sa.Table, key: Key) -> tuple[Row, bool]:
+    def upsert(self, table: str, key: Key) -> tuple[Row, bool]:
         """The pending row for key, created blank when missing; second value: it is new."""
-        rows = self.rows[table.name]
+        rows = self.rows[table]
         row = rows[key]
         created = row is None
         if row is None:
-            row = blank_row(table)
-            names = _KEY_COLUMNS[table.name]
-            if isinstance(key, tuple):
-                row.update(zip(names, key, strict=True))
-            else:
-                row[names[0]] = key
-            rows[key] = row
-        self.dirty[table.name].add(key)
+            row = rows[key] = new_row(table, key)
+        self.dirty[table].add(key)
         return row, created
 
     def touch(self, table: str, key: Key) -> None:

@@ -81,7 +81,7 @@ class Folder:
             return "duplicate"
         table = event.family.table
         row = self.state.get(table, event.aggregate_id)
-        last = row["version"] if row is not None else 0
+        last = row.version if row is not None else 0
         if self.version_mode is VersionMode.sequence:
             if event.version <= last:
                 self.counters.stale += 1
@@ -112,7 +112,7 @@ class Folder:
             self.counters.applied += 1
             return "applied"
         if row is not None:
-            row["version"] = event.version
+            row.version = event.version
             self.state.touch(table, event.aggregate_id)
         if outcome == NOOP:
             self.counters.noop += 1
@@ -125,7 +125,7 @@ class Folder:
     def _owner_mismatch(self, event: Event, row: Row | None) -> Rejected | None:
         if row is None or event.family.id_field == "customer_id":
             return None
-        owner = row["customer_id"]
+        owner = row.customer_id
         claimed = event.fields["customer_id"]
         if owner is not None and claimed != owner:
             return Rejected(
@@ -154,11 +154,11 @@ class Folder:
 
 
 def _stamp(row: Row, event: Event) -> None:
-    row["version"] = event.version
-    row["updated_at"] = event.occurred_at
-    row["last_event_id"] = event.event_id
-    if row["created_at"] is None:
-        row["created_at"] = event.occurred_at
+    row.version = event.version
+    row.updated_at = event.occurred_at
+    row.last_event_id = event.event_id
+    if row.created_at is None:
+        row.created_at = event.occurred_at
 
 
 # Denormalised columns: (child table, reference, parent table, {child column: parent column}).

@@ -20,25 +20,22 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from operator import itemgetter
+from operator import attrgetter
 from sys import intern
 from typing import Any
 
 import sqlalchemy as sa
 
 from projections import dialect, store
-from projections.batch import Key, Pending, Row
+from projections.batch import VALUES, Key, Pending, Row, row_from
 from projections.fold import COPIES, IdempotencyKey, LedgerEntry
 from projections.store import Checkpoint
 from projections.tables import ENTITY_TABLES, TABLES
 
-Values = tuple[Any, ...]
 _FEW_VALUES = frozenset(
     {"customer_id", "status", "status_reason", "kind", "provider_kind", "channel_kind"}
 )
 _UNKNOWN: Any = object()  # a key this run knows nothing about
-# One empty attributes object shared by every row without attributes (handlers never mutate it).
-_EMPTY: dict[str, Any] = {}
 
 
 def _empty(connection: sa.Connection, table: str) -> bool:
@@ -75,18 +72,12 @@ class Resident:
 
     def __init__(self) -> None:
         self.columns = {t.name: tuple(c.name for c in t.columns) for t in ENTITY_TABLES}
-        self._pick = {name: itemgetter(*columns) for name, columns in self.columns.items()}
-        self._attributes = {
-            name: columns.index("attributes")
-            for name, columns in self.columns.items()
-            if "attributes" in columns
-        }
         # Columns with few distinct values (owners, statuses, kinds): their strings are interned.
-        self._shared = {
-            name: [i for i, column in enumerate(columns) if column in _FEW_VALUES]
+        self._few = {
+            name: [column for column in columns if column in _FEW_VALUES]
             for name, columns in self.columns.items()
         }
-        self.rows: dict[str, dict[Key, Values | None]] = {t.name: {} for t in ENTITY_TABLES}
+        self.rows: dict[str, dict[Key, Row | None]] = {t.name: {} for t in ENTITY_TABLES}
         # Rows changed since the flush; not kept for a table still empty (all its rows are).
         self.dirty: dict[str, set[Key]] = {t.name: set() for t in ENTITY_TABLES}
         self.complete = dict.fromkeys(self.columns, False)
@@ -101,10 +92,8 @@ class Resident:
         copied: dict[str, set[str]] = defaultdict(set)  # parent columns children copy
         for _, _, parent, columns in COPIES:
             copied[parent].update(columns.values())
-        self._copied = {
-            parent: [(c, self.columns[parent].index(c)) for c in sorted(names)]
-            for parent, names in copied.items()
-        }
+        # Per parent table: how to read the columns children copy off a row.
+        self._copied = {parent: attrgetter(*sorted(names)) for parent, names in copied.items()}
 
     # --- the write in flight ----------------------------------------------------------
 
@@ -180,29 +169,33 @@ class Resident:
     def load(
         self, connection: sa.Connection, state: Pending, keys: Iterable[tuple[str, Key]]
     ) -> None:
-        """Put the rows for `keys` into the batch's state: from here, else from the database."""
+        """Put the rows for `keys` into the batch's state: from here, else from the database.
+
+        The batch folds into the very objects held here; parents' copied columns are
+        noted as they were, to tell which parents changed them (`absorb`).
+        """
         missing: dict[str, set[Key]] = defaultdict(set)
+        pending, rows, complete = state.rows, self.rows, self.complete
         for name, key in keys:
-            held = state.rows[name]
+            held = pending[name]
             if key in held:
                 continue
-            values = self.rows[name].get(key, _UNKNOWN)
-            if values is _UNKNOWN:
-                if not self.complete[name]:
+            row = rows[name].get(key, _UNKNOWN)
+            if row is _UNKNOWN:
+                if not complete[name]:
                     missing[name].add(key)
                     continue
-                values = None
-            held[key] = (
-                None if values is None else dict(zip(self.columns[name], values, strict=True))
-            )
-            state.original[name][key] = values
+                row = None
+            held[key] = row
         for name, wanted in missing.items():
             self.fetch(connection, name, wanted)
-            rows, columns = self.rows[name], self.columns[name]
+            held, kept = pending[name], rows[name]
             for key in wanted:
-                values = rows[key]
-                row = None if values is None else dict(zip(columns, values, strict=True))
-                state.remember(name, key, row, values)
+                held[key] = kept[key]
+        for parent, pick in self._copied.items():
+            state.original[parent] = {
+                key: pick(row) for key, row in pending[parent].items() if row is not None
+            }
 
     def fetch(self, connection: sa.Connection, name: str, keys: set[Key]) -> None:
         """Read rows from the database into this store (None for the keys it lacks)."""
@@ -216,40 +209,34 @@ class Resident:
                 if len(key_columns) == 1
                 else (found[key_columns[0]], found[key_columns[1]])
             )
-            rows[key] = self._values(name, found)
+            rows[key] = self._shared(name, row_from(name, found))
         for key in keys:
             rows.setdefault(key, None)
 
     def absorb(self, state: Pending) -> None:
-        """Take the batch's changed rows, and note parents whose copied columns changed."""
-        for parent, copied in self._copied.items():
+        """Take the batch's new rows, and note parents whose copied columns changed."""
+        for parent, pick in self._copied.items():
             original, rows, changed = state.original[parent], state.rows[parent], set()
             for key in state.dirty[parent]:
                 row = rows[key]
-                before = original.get(key)
-                if row is not None and (
-                    before is None or any(before[i] != row[c] for c, i in copied)
-                ):
+                if row is not None and original.get(key, _UNKNOWN) != pick(row):
                     changed.add(key)
             self.changed_parents[parent] |= changed
         for name, keys in state.dirty.items():
-            kept, pending = self.rows[name], state.rows[name]
+            kept, pending, shared = self.rows[name], state.rows[name], self._shared
             for key in keys:
                 row = pending[key]
                 if row is not None:
-                    kept[key] = self._values(name, row)
+                    kept[key] = shared(name, row)
             if not self.empty[name]:  # in a table still empty, every row held is changed
                 self.dirty[name] |= keys
 
-    def _values(self, name: str, row: Row) -> Values:
-        values = list(self._pick[name](row))
-        for at in self._shared[name]:  # one object per distinct value, not one per row
-            if (value := values[at]).__class__ is str:
-                values[at] = intern(value)
-        attributes = self._attributes.get(name)
-        if attributes is not None and not values[attributes]:  # one empty object for all rows
-            values[attributes] = _EMPTY
-        return tuple(values)
+    def _shared(self, name: str, row: Row) -> Row:
+        """Make `row` hold one object per distinct value of its few-valued columns."""
+        for column in self._few[name]:
+            if (value := getattr(row, column)).__class__ is str:
+                setattr(row, column, intern(value))
+        return row
 
     # --- writing back ---------------------------------------------------------------------
 
@@ -261,9 +248,10 @@ class Resident:
             name = table.name
             rows, keys = self.rows[name], self.dirty[name]
             written = rows.keys() if self.empty[name] else keys
-            ordered = [values for key in sorted(written) if (values := rows[key]) is not None]
-            if ordered:
-                dialect.write_values(connection, table, ordered, upsert=not self.empty[name])
+            ordered = [row for key in sorted(written) if (row := rows[key]) is not None]
+            if ordered:  # each row's values are made as it is written, not all at once
+                values = map(VALUES[name], ordered)
+                dialect.write_values(connection, table, values, upsert=not self.empty[name])
                 self.empty[name] = False
             keys.clear()
         for child, reference, parent, columns in COPIES:
@@ -272,10 +260,10 @@ class Resident:
                 continue  # a complete child table had all its rows refreshed above
             # Child rows never loaded by this run still hold the old values.
             names = tuple(sorted(columns))
-            at = [self.columns[parent].index(columns[n]) for n in names]
+            read = attrgetter(*(columns[n] for n in names))
             parents = self.rows[parent]
             copies = [
-                (key, *(current[i] for i in at))
+                (key, *((read(current),) if len(names) == 1 else read(current)))
                 for key in sorted(changed)
                 if (current := parents[key]) is not None
             ]
@@ -291,32 +279,33 @@ class Resident:
         Done once per flush rather than per batch: handlers never read the copies.
         """
         for child, reference, parent, columns in COPIES:
-            child_columns, parent_columns = self.columns[child], self.columns[parent]
-            at = child_columns.index(reference)
-            pairs = [(child_columns.index(t), parent_columns.index(o)) for t, o in columns.items()]
+            pairs = list(columns.items())
             children, parents, dirty = self.rows[child], self.rows[parent], self.dirty[child]
             targets = set(children) if self.empty[child] else set(dirty)
             if changed := self.changed_parents.get(parent):
                 targets.update(
-                    key for key, values in children.items() if values and values[at] in changed
+                    key
+                    for key, row in children.items()
+                    if row is not None and getattr(row, reference) in changed
                 )
             if not self.complete[parent]:
                 wanted: set[Key] = set()
                 for key in targets:
-                    values = children[key]
-                    if values and (ref := values[at]) is not None and ref not in parents:
-                        wanted.add(ref)
+                    row = children[key]
+                    if row is not None:
+                        ref = getattr(row, reference)
+                        if ref is not None and ref not in parents:
+                            wanted.add(ref)
                 if wanted:
                     self.fetch(connection, parent, wanted)
             for key in targets:
-                values = children[key]
-                if values is None:
+                row = children[key]
+                if row is None:
                     continue
-                ref = values[at]
+                ref = getattr(row, reference)
                 source = parents.get(ref) if ref is not None else None
-                updated = list(values)
                 for target, origin in pairs:
-                    updated[target] = None if source is None else source[origin]
-                if updated != list(values):
-                    children[key] = tuple(updated)
-                    dirty.add(key)
+                    value = None if source is None else getattr(source, origin)
+                    if getattr(row, target) != value:
+                        setattr(row, target, value)
+                        dirty.add(key)

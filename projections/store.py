@@ -92,7 +92,8 @@ def write_records(
     now: datetime,
 ) -> None:
     """Append the batch's ledger, anomalies and quarantine (its rows wait for the flush)."""
-    dialect.write_values(connection, _PROCESSED, ledger, upsert=False)
+    if ledger:
+        dialect.write_values(connection, _PROCESSED, ledger, upsert=False)
     dialect.write_rows(connection, _ANOMALIES, anomalies, upsert=False)
     dialect.insert_ignoring_conflicts(
         connection,

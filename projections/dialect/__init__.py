@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -48,9 +48,12 @@ def write_rows(
 
 
 def write_values(
-    connection: sa.Connection, table: sa.Table, rows: Sequence[Sequence[Any]], *, upsert: bool
+    connection: sa.Connection, table: sa.Table, rows: Iterable[Sequence[Any]], *, upsert: bool
 ) -> None:
-    """Bulk insert (or upsert) rows given as values in the table's column order."""
+    """Bulk insert (or upsert) rows given as values in the table's column order (at least one).
+
+    `rows` may be an iterator: each row is made as it is written, not all at once.
+    """
     _bulk(connection).write_values(connection, table, rows, upsert=upsert)
 
 

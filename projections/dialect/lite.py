@@ -77,11 +77,9 @@ def write_rows(
 
 
 def write_values(
-    connection: sa.Connection, table: sa.Table, rows: Sequence[Sequence[Any]], *, upsert: bool
+    connection: sa.Connection, table: sa.Table, rows: Iterable[Sequence[Any]], *, upsert: bool
 ) -> None:
-    """Like write_rows, for rows given as values in the table's column order."""
-    if not rows:
-        return
+    """Like write_rows, for rows given as values in the table's column order (at least one)."""
     columns = tuple(c.name for c in table.columns)
     convert = values_writer(table, "sqlite")
     _insert(connection, table, columns, map(convert, rows), upsert=upsert)

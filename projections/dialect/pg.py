@@ -78,11 +78,9 @@ def write_rows(
 
 
 def write_values(
-    connection: sa.Connection, table: sa.Table, rows: Sequence[Sequence[Any]], *, upsert: bool
+    connection: sa.Connection, table: sa.Table, rows: Iterable[Sequence[Any]], *, upsert: bool
 ) -> None:
-    """Like write_rows, for rows given as values in the table's column order."""
-    if not rows:
-        return
+    """Like write_rows, for rows given as values in the table's column order (at least one)."""
     columns = tuple(c.name for c in table.columns)
     _copy(connection, table, columns, map(values_writer(table, "postgresql"), rows), upsert=upsert)
 

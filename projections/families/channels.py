@@ -13,7 +13,7 @@ def on_channel_mapped(state: Pending, event: Event) -> Outcome:
     """A channel address is mapped to a provider."""
     row = entity(state, event)
     for name in _MAPPED_FIELDS:
-        row[name] = event.fields[name]
+        setattr(row, name, event.fields[name])
     set_status(row, "mapped", event)
     return APPLIED
 

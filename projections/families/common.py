@@ -6,11 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-import sqlalchemy as sa
-
 from projections.batch import Pending, Row
 from projections.events import Event
-from projections.tables import TABLES
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,30 +24,26 @@ Outcome = Literal["applied", "noop"] | Rejected
 Handler = Callable[[Pending, Event], Outcome]
 
 
-def table_of(event: Event) -> sa.Table:
-    """The table of the event's own aggregate."""
-    return TABLES[event.family.table]
-
-
 def entity(state: Pending, event: Event) -> Row:
     """The aggregate's pending row, created with what the event carries when missing."""
-    row, created = state.upsert(table_of(event), event.aggregate_id)
+    row, created = state.upsert(event.family.table, event.aggregate_id)
     if created and "customer_id" in event.fields and event.family.id_field != "customer_id":
-        row["customer_id"] = event.fields["customer_id"]
+        row.customer_id = event.fields["customer_id"]
     return row
 
 
 def set_status(row: Row, status: str, event: Event) -> None:
     """Set a status and its reason (null when the event gives none)."""
-    row["status"] = status
-    row["status_reason"] = event.fields.get("reason")
+    row.status = status
+    row.status_reason = event.fields.get("reason")
 
 
 def apply_changes(row: Row, event: Event) -> None:
     """Apply changed_fields: updatable columns change, other keys merge into attributes."""
-    row.update(event.changes)
+    for column, value in event.changes.items():
+        setattr(row, column, value)
     if event.extra:
-        row["attributes"] = {**(row["attributes"] or {}), **event.extra}
+        row.attributes = {**(row.attributes or {}), **event.extra}
 
 
 def illegal(event: Event, status: str | None) -> Rejected:

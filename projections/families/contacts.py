@@ -20,16 +20,16 @@ def on_contact_created(state: Pending, event: Event) -> Outcome:
     """A contact is active (again, if it was deleted), with its display name."""
     row = entity(state, event)
     if "display_name" in event.fields:
-        row["display_name"] = event.fields["display_name"]
+        row.display_name = event.fields["display_name"]
     set_status(row, "active", event)
-    row["deleted_at"] = None
+    row.deleted_at = None
     return APPLIED
 
 
 def on_contact_updated(state: Pending, event: Event) -> Outcome:
     """The contact's changed fields are applied; a deleted contact cannot change."""
     current = state.get("contacts", event.aggregate_id)
-    if current is not None and current["status"] == "deleted":
+    if current is not None and current.status == "deleted":
         return illegal(event, "deleted")
     apply_changes(entity(state, event), event)
     return APPLIED
@@ -38,11 +38,11 @@ def on_contact_updated(state: Pending, event: Event) -> Outcome:
 def on_contact_deleted(state: Pending, event: Event) -> Outcome:
     """The contact is marked deleted; deleting a deleted contact changes nothing."""
     current = state.get("contacts", event.aggregate_id)
-    if current is not None and current["status"] == "deleted":
+    if current is not None and current.status == "deleted":
         return NOOP
     row = entity(state, event)
     set_status(row, "deleted", event)
-    row["deleted_at"] = event.occurred_at
+    row.deleted_at = event.occurred_at
     return APPLIED
 
 

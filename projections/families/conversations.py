@@ -15,14 +15,13 @@ from projections.families.common import (
     illegal,
     set_status,
 )
-from projections.tables import TABLES
 
-_PARTICIPANTS = TABLES["conversation_participants"]
+_PARTICIPANTS = "conversation_participants"
 
 
 def _archived(state: Pending, event: Event) -> Rejected | None:
     current = state.get("conversations", event.aggregate_id)
-    if current is not None and current["status"] == "archived":
+    if current is not None and current.status == "archived":
         return illegal(event, "archived")
     return None
 
@@ -32,14 +31,14 @@ def on_conversation_created(state: Pending, event: Event) -> Outcome:
     if (refused := _archived(state, event)) is not None:
         return refused
     row = entity(state, event)
-    row["channel_id"] = event.fields["channel_id"]
-    row["contact_id"] = event.fields["contact_id"]
+    row.channel_id = event.fields["channel_id"]
+    row.contact_id = event.fields["contact_id"]
     if "topic" in event.fields:
-        row["topic"] = event.fields["topic"]
+        row.topic = event.fields["topic"]
     status = event.fields["status"]
     set_status(row, status, event)
-    row["closed_at"] = event.occurred_at if status == "closed" else None
-    row["archived_at"] = event.occurred_at if status == "archived" else None
+    row.closed_at = event.occurred_at if status == "closed" else None
+    row.archived_at = event.occurred_at if status == "archived" else None
     for participant_id in dict.fromkeys(event.fields.get("participant_ids", ())):
         _add(state, row, event, participant_id)
     return APPLIED
@@ -58,11 +57,11 @@ def on_conversation_closed(state: Pending, event: Event) -> Outcome:
     if (refused := _archived(state, event)) is not None:
         return refused
     current = state.get("conversations", event.aggregate_id)
-    if current is not None and current["status"] == "closed":
+    if current is not None and current.status == "closed":
         return NOOP
     row = entity(state, event)
     set_status(row, "closed", event)
-    row["closed_at"] = event.occurred_at
+    row.closed_at = event.occurred_at
     return APPLIED
 
 
@@ -71,22 +70,22 @@ def on_conversation_reopened(state: Pending, event: Event) -> Outcome:
     if (refused := _archived(state, event)) is not None:
         return refused
     current = state.get("conversations", event.aggregate_id)
-    if current is not None and current["status"] == "open":
+    if current is not None and current.status == "open":
         return NOOP
     row = entity(state, event)
     set_status(row, "open", event)
-    row["closed_at"] = None
+    row.closed_at = None
     return APPLIED
 
 
 def on_conversation_archived(state: Pending, event: Event) -> Outcome:
     """The conversation is archived for good; archiving it again changes nothing."""
     current = state.get("conversations", event.aggregate_id)
-    if current is not None and current["status"] == "archived":
+    if current is not None and current.status == "archived":
         return NOOP
     row = entity(state, event)
     set_status(row, "archived", event)
-    row["archived_at"] = event.occurred_at
+    row.archived_at = event.occurred_at
     return APPLIED
 
 
@@ -104,27 +103,27 @@ def on_participant_removed(state: Pending, event: Event) -> Outcome:
         return refused
     conversation = entity(state, event)
     participant = _participant(state, conversation, event, event.fields["participant_id"])
-    if participant["active"]:
-        participant["active"] = False
-        conversation["participant_count"] -= 1
-    participant["removed_at"] = event.occurred_at
+    if participant.active:
+        participant.active = False
+        conversation.participant_count -= 1
+    participant.removed_at = event.occurred_at
     return APPLIED
 
 
 def _add(state: Pending, conversation: Row, event: Event, participant_id: str) -> None:
     participant = _participant(state, conversation, event, participant_id)
-    if not participant["active"]:
-        participant["active"] = True
-        participant["added_at"] = event.occurred_at
-        participant["removed_at"] = None
-        conversation["participant_count"] += 1
+    if not participant.active:
+        participant.active = True
+        participant.added_at = event.occurred_at
+        participant.removed_at = None
+        conversation.participant_count += 1
 
 
 def _participant(state: Pending, conversation: Row, event: Event, participant_id: str) -> Row:
     row, _ = state.upsert(_PARTICIPANTS, (event.aggregate_id, participant_id))
-    row["customer_id"] = conversation["customer_id"]
-    row["updated_at"] = event.occurred_at
-    row["last_event_id"] = event.event_id
+    row.customer_id = conversation.customer_id
+    row.updated_at = event.occurred_at
+    row.last_event_id = event.event_id
     return row
 
 

@@ -10,7 +10,7 @@ from projections.families.common import APPLIED, Handler, Outcome, apply_changes
 def on_customer_created(state: Pending, event: Event) -> Outcome:
     """A customer exists, enabled, with its name."""
     row = entity(state, event)
-    row["name"] = event.fields["name"]
+    row.name = event.fields["name"]
     set_status(row, "enabled", event)
     return APPLIED
 

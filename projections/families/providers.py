@@ -10,7 +10,7 @@ from projections.families.common import APPLIED, Handler, Outcome, apply_changes
 def on_provider_configured(state: Pending, event: Event) -> Outcome:
     """A provider of a kind exists, configured."""
     row = entity(state, event)
-    row["kind"] = event.fields["kind"]
+    row.kind = event.fields["kind"]
     set_status(row, "configured", event)
     return APPLIED
 

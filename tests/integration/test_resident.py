@@ -165,6 +165,7 @@ def test_one_transaction_for_a_whole_rebuild_by_default(
     real = dialect.write_values
 
     def count(connection: Any, table: Any, rows: Any, *, upsert: bool) -> None:
+        rows = list(rows)  # may be an iterator
         if table.name == "customers":
             written.append(len(rows))
         real(connection, table, rows, upsert=upsert)
