@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -59,8 +59,12 @@ class Event:
     version: int
     idempotency_key: str | None
     fields: dict[str, Any]
-    changes: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    changes: dict[str, Any]  # changed_fields of updatable columns; NO_CHANGES when none
+    extra: dict[str, Any]  # other changed_fields, merged into attributes; NO_CHANGES when none
+
+
+# The changes of most events: one shared empty dict, never written to.
+NO_CHANGES: Final[dict[str, Any]] = {}
 
 
 @dataclass(slots=True)
@@ -168,7 +172,8 @@ def _json_error(exc: orjson.JSONDecodeError) -> tuple[str, str]:
 
 def _needs_deep_check(line: bytes) -> bool:
     # Cheap pre-filters: only lines that could hold a NUL or deep nesting are walked.
-    return b"\\u0000" in line or line.count(b"{") + line.count(b"[") > MAX_DEPTH
+    # A NUL can only come as an escape: most lines hold no backslash at all.
+    return (b"\\" in line and b"\\u0000" in line) or line.count(b"{") + line.count(b"[") > MAX_DEPTH
 
 
 def _scan(document: Any) -> tuple[str, str] | None:
@@ -247,10 +252,22 @@ def _validate(position: int, doc: dict[str, Any], *, strict: bool) -> Decoded:
             f"aggregate_id {aggregate_id!r} differs from {family.id_field} "
             f"{fields[family.id_field]!r}",
         )
-    event = Event(position, name, event_id, family, aggregate_id, occurred_at, version, key, fields)
+    changes = extra = NO_CHANGES
     if "changed_fields" in fields:
-        event.changes, event.extra = _changes(family, fields["changed_fields"], payload)
-    return event
+        changes, extra = _changes(family, fields["changed_fields"], payload)
+    return Event(
+        position,
+        name,
+        event_id,
+        family,
+        aggregate_id,
+        occurred_at,
+        version,
+        key,
+        fields,
+        changes,
+        extra,
+    )
 
 
 _MISSING: Final = object()

@@ -9,7 +9,7 @@ from projections.batch import Key, Pending, Row
 from projections.config import VersionMode
 from projections.events import Event
 from projections.families import HANDLERS
-from projections.families.common import APPLIED, NOOP, Rejected
+from projections.families.common import APPLIED, NOOP, Outcome, Rejected
 
 IdempotencyKey = tuple[str, str, str]
 # A processed_events row, in its column order: event_id, projector, aggregate_id, key, position.
@@ -80,7 +80,8 @@ class Folder:
             self.counters.duplicate += 1
             return "duplicate"
         table = event.family.table
-        row = self.state.get(table, event.aggregate_id)
+        rows = self.state.rows[table]
+        row = rows[event.aggregate_id]
         last = row.version if row is not None else 0
         if self.version_mode is VersionMode.sequence:
             if event.version <= last:
@@ -91,7 +92,11 @@ class Folder:
                     event, "version_gap", f"expected version {last + 1}, got {event.version}"
                 )
 
-        outcome = self._owner_mismatch(event, row) or HANDLERS[event.name](self.state, event)
+        outcome: Outcome | None = None
+        if row is not None and event.family.id_field != "customer_id":
+            outcome = self._owner_mismatch(event, row)
+        if outcome is None:
+            outcome = HANDLERS[event.name](self.state, event)
 
         self.seen_ids.add(event.event_id)
         if key is not None:
@@ -105,10 +110,14 @@ class Folder:
                 event.position,
             )
         )
-        row = self.state.get(table, event.aggregate_id)
+        row = rows[event.aggregate_id]
         if outcome == APPLIED:
             assert row is not None
-            _stamp(row, event)
+            row.version = event.version  # the row's bookkeeping columns (SPEC §5)
+            row.updated_at = event.occurred_at
+            row.last_event_id = event.event_id
+            if row.created_at is None:
+                row.created_at = event.occurred_at
             self.counters.applied += 1
             return "applied"
         if row is not None:
@@ -122,9 +131,8 @@ class Folder:
         self.counters.rejected += 1
         return "rejected"
 
-    def _owner_mismatch(self, event: Event, row: Row | None) -> Rejected | None:
-        if row is None or event.family.id_field == "customer_id":
-            return None
+    def _owner_mismatch(self, event: Event, row: Row) -> Rejected | None:
+        """A child aggregate's event that names another customer than the row's."""
         owner = row.customer_id
         claimed = event.fields["customer_id"]
         if owner is not None and claimed != owner:
@@ -151,14 +159,6 @@ class Folder:
                 "occurred_at": event.occurred_at,
             }
         )
-
-
-def _stamp(row: Row, event: Event) -> None:
-    row.version = event.version
-    row.updated_at = event.occurred_at
-    row.last_event_id = event.event_id
-    if row.created_at is None:
-        row.created_at = event.occurred_at
 
 
 # Denormalised columns: (child table, reference, parent table, {child column: parent column}).

@@ -201,14 +201,15 @@ def one_batch(
     events: list[Event] = []
     quarantined: list[Invalid] = []
     counters = Counters(read=0)
+    # Projectors that stand at the batch's start take every line of it (the usual case).
+    aligned = all(cursor == start_cursor for cursor in cursors.values())
     for index, (position, line) in enumerate(batch.lines):
         item = decode(position, line, strict=settings.strict)
-        cursor = batch.cursor(index)
         if isinstance(item, Event):
             name = item.family.name
-            if name in cursors and cursor > cursors[name]:
+            if name in cursors and (aligned or batch.cursor(index) > cursors[name]):
                 events.append(item)
-        elif cursor > start_cursor:
+        elif aligned or batch.cursor(index) > start_cursor:
             counters.read += 1
             if isinstance(item, Unknown):
                 counters.unknown += 1

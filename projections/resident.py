@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from operator import attrgetter
 from sys import intern
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -35,6 +35,7 @@ from projections.tables import ENTITY_TABLES, TABLES
 _FEW_VALUES = frozenset(
     {"customer_id", "status", "status_reason", "kind", "provider_kind", "channel_kind"}
 )
+_T = TypeVar("_T")
 _UNKNOWN: Any = object()  # a key this run knows nothing about
 
 
@@ -56,15 +57,17 @@ class LedgerFilter:
     def __init__(self) -> None:
         self._bits = bytearray(self.BITS // 8)
 
-    def maybe(self, item: object) -> bool:
-        """False when `item` was certainly never added."""
-        at = hash(item) & (self.BITS - 1)
-        return bool(self._bits[at >> 3] & (1 << (at & 7)))
+    def maybe_all(self, items: list[_T]) -> list[_T]:
+        """The items that may have been added; the others certainly were not."""
+        bits, mask = self._bits, self.BITS - 1
+        return [i for i in items if bits[(at := hash(i) & mask) >> 3] & (1 << (at & 7))]
 
-    def add(self, item: object) -> None:
-        """Remember `item`."""
-        at = hash(item) & (self.BITS - 1)
-        self._bits[at >> 3] |= 1 << (at & 7)
+    def add_all(self, items: list[Any]) -> None:
+        """Remember every item."""
+        bits, mask = self._bits, self.BITS - 1
+        for item in items:
+            at = hash(item) & mask
+            bits[at >> 3] |= 1 << (at & 7)
 
 
 class Resident:
@@ -148,8 +151,7 @@ class Resident:
     ) -> tuple[set[str], set[IdempotencyKey]]:
         """Which event ids and idempotency triples are in the ledger already."""
         if (ledger := self.ledger) is not None:
-            event_ids = [i for i in event_ids if ledger.maybe(i)]
-            triples = [t for t in triples if ledger.maybe(t)]
+            event_ids, triples = ledger.maybe_all(event_ids), ledger.maybe_all(triples)
             if not event_ids and not triples:
                 return set(), set()
         self.settle()
@@ -159,10 +161,8 @@ class Resident:
         """Event ids and triples the batch added to the ledger."""
         if (bits := self.ledger) is None:
             return
-        for event_id, projector, aggregate_id, key, _ in ledger:
-            bits.add(event_id)
-            if key is not None:
-                bits.add((projector, aggregate_id, key))
+        bits.add_all([entry[0] for entry in ledger])
+        bits.add_all([(p, a, key) for _, p, a, key, _ in ledger if key is not None])
 
     # --- one batch ------------------------------------------------------------------------
 

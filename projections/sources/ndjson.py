@@ -157,7 +157,7 @@ class NdjsonSource:
                 line_no += 1
                 if line.endswith(b"\r"):
                     line = line[:-1]
-                if line.strip():
+                if line and not line.isspace():  # blank lines are skipped (no copy made)
                     lines.append((line_no, line))
             tail = _last_bytes([*tail, *raw[-FINGERPRINT_BYTES:]])
         if line_no == position:
