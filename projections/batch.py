@@ -29,6 +29,9 @@ class Row:
     if not TYPE_CHECKING:  # the checker sees the columns below; each table's class has slots
         __slots__ = ()
 
+    # keys
+    conversation_id: str
+    participant_id: str
     # entity columns (SPEC §5)
     version: int
     created_at: datetime | None

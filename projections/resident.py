@@ -32,8 +32,11 @@ from projections.fold import COPIES, IdempotencyKey, LedgerEntry
 from projections.store import Checkpoint
 from projections.tables import ENTITY_TABLES, TABLES
 
-_FEW_VALUES = frozenset(
+# Columns whose values repeat across rows: statuses and kinds, and the ids of owners and
+# parents. A run holds one string per distinct value, not one per row.
+_SHARED_VALUES = frozenset(
     {"customer_id", "status", "status_reason", "kind", "provider_kind", "channel_kind"}
+    | {"provider_id", "channel_id", "contact_id"}
 )
 _T = TypeVar("_T")
 _UNKNOWN: Any = object()  # a key this run knows nothing about
@@ -75,10 +78,9 @@ class Resident:
 
     def __init__(self) -> None:
         self.columns = {t.name: tuple(c.name for c in t.columns) for t in ENTITY_TABLES}
-        # Columns with few distinct values (owners, statuses, kinds): their strings are interned.
-        self._few = {
-            name: [column for column in columns if column in _FEW_VALUES]
-            for name, columns in self.columns.items()
+        self._few = {  # a table's own key stays as it is: the row's key holds that string
+            t.name: [c.name for c in t.columns if c.name in _SHARED_VALUES and not c.primary_key]
+            for t in ENTITY_TABLES
         }
         self.rows: dict[str, dict[Key, Row | None]] = {t.name: {} for t in ENTITY_TABLES}
         # Rows changed since the flush; not kept for a table still empty (all its rows are).

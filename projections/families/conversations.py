@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sys import intern
+
 from projections.batch import Pending, Row
 from projections.events import Event
 from projections.families.common import (
@@ -120,7 +122,10 @@ def _add(state: Pending, conversation: Row, event: Event, participant_id: str) -
 
 
 def _participant(state: Pending, conversation: Row, event: Event, participant_id: str) -> Row:
-    row, _ = state.upsert(_PARTICIPANTS, (event.aggregate_id, participant_id))
+    # The key reuses the conversation's id string and one string per participant id: a
+    # run holds every participant row, and each would otherwise carry copies of its own.
+    key = (conversation.conversation_id, intern(participant_id))
+    row, _ = state.upsert(_PARTICIPANTS, key)
     row.customer_id = conversation.customer_id
     row.updated_at = event.occurred_at
     row.last_event_id = event.event_id
