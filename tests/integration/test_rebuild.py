@@ -13,11 +13,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 
 from projections import migrate
 from projections.generator import Noise, generate
+from projections.importer import import_log
+from projections.projector import catch_up
+from projections.schema import EVENT_FAMILY
+from projections.shadow import shadow_rebuild
+from projections.sources.eventlog import EventLogSource
+from projections.sources.ndjson import NdjsonSource
 from tests.helpers import Database, cli
 
 
@@ -517,3 +524,58 @@ def test_a_rebuild_dying_right_after_its_swap_leaves_no_old_tables(
     finally:
         source.close()
     assert [name for name in _leftovers(db) if name.startswith("projections_old_")] == []
+
+
+def _covered(lines: list[bytes], ahead: str, at: int, others_at: int) -> int:
+    """Lines after each projector's own position (`ahead` stands at `at`, the rest lower)."""
+    families = [EVENT_FAMILY[orjson.loads(raw)["event_name"]].name for raw in lines]
+    return sum(1 for i, name in enumerate(families, 1) if i > (at if name == ahead else others_at))
+
+
+def test_a_run_after_a_one_projector_rebuild_applies_each_event_once(database: Database) -> None:
+    """Projectors at different positions: each takes only the lines after its own."""
+    lines = list(generate(400, seed=7, noise=Noise.none()))
+    path = database.tmp / "log.ndjson"
+    path.write_bytes(b"".join(lines[:150]))
+    settings = database.settings(batch_size=50)
+    source = NdjsonSource(path)
+    try:
+        catch_up(database.engine, source, settings)
+        path.write_bytes(b"".join(lines[:300]))
+        shadow_rebuild(database.engine, source, settings, projectors=("conversations",))
+        assert set(database.checkpoints().values()) == {150, 300}
+        path.write_bytes(b"".join(lines))
+        result = catch_up(database.engine, source, settings)
+    finally:
+        source.close()
+    assert (result.counters.read, result.counters.duplicate) == (
+        _covered(lines, "conversations", 300, 150),
+        0,
+    )
+    expected = database.snapshot()
+    assert database.project(path, fresh=True).counters.duplicate == 0
+    assert database.snapshot() == expected
+
+
+def test_projectors_at_different_positions_in_the_event_log(database: Database) -> None:
+    """The same with the event_log table as the source, whose cursors are (tx, position)."""
+    lines = list(generate(400, seed=7, noise=Noise.none()))
+    settings = database.settings(batch_size=50)
+
+    def load(start: int, end: int) -> None:
+        part = database.tmp / f"part{start}.ndjson"
+        part.write_bytes(b"".join(lines[start:end]))
+        import_log(database.engine, part)
+
+    source = EventLogSource(database.engine)
+    load(0, 150)
+    catch_up(database.engine, source, settings)
+    load(150, 300)
+    shadow_rebuild(database.engine, source, settings, projectors=("conversations",))
+    assert set(database.checkpoints().values()) == {150, 300}
+    load(300, 400)
+    result = catch_up(database.engine, source, settings)
+    assert (result.counters.read, result.counters.duplicate) == (
+        _covered(lines, "conversations", 300, 150),
+        0,
+    )
