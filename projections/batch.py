@@ -118,8 +118,9 @@ class Pending:
     dirty: dict[str, set[Key]] = field(
         default_factory=lambda: {t.name: set() for t in ENTITY_TABLES}
     )
-    # Of parent tables only: the columns children copy, as they were before the batch.
-    original: dict[str, dict[Key, tuple[Any, ...] | None]] = field(default_factory=dict)
+    # Of parent tables only: the columns children copy (one value, or a tuple of them),
+    # as they were before the batch, for the rows that existed then.
+    original: dict[str, dict[Key, Any]] = field(default_factory=dict)
 
     def get(self, table: str, key: Key) -> Row | None:
         """The current pending row, or None if it does not exist (it must have been loaded)."""

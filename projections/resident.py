@@ -2,10 +2,11 @@
 
 A batch used to read every row it touched from the database and write every row it
 changed back at once: an aggregate with five events in five batches was read and
-upserted five times. `Resident` keeps the rows a run has seen as compact tuples and
-writes the changed ones back only when the run commits (`flush`), which it does
-after many batches. Nothing else changes: each batch still folds into a `Pending`
-of row dicts, with the same rules.
+upserted five times. `Resident` keeps the rows a run has seen (slotted row objects,
+`projections.batch`) and writes the changed ones back only when the run commits
+(`flush`), which it does after many batches. Each batch folds into a `Pending` that
+holds these very objects, with the same rules; a run whose transaction fails must
+drop its `Resident`, as `catch_up` does by ending.
 
 A table that is empty when the run starts is *complete*: every row it will ever
 have is here, so a key not found here does not exist and costs no query (a rebuild
@@ -21,7 +22,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from operator import attrgetter
-from sys import intern
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -32,11 +32,10 @@ from projections.fold import COPIES, IdempotencyKey, LedgerEntry
 from projections.store import Checkpoint
 from projections.tables import ENTITY_TABLES, TABLES
 
-# Columns whose values repeat across rows: statuses and kinds, and the ids of owners and
-# parents. A run holds one string per distinct value, not one per row.
+# Columns whose values repeat across rows (owners, statuses, kinds): a run holds one
+# string per distinct value, not one per row.
 _SHARED_VALUES = frozenset(
     {"customer_id", "status", "status_reason", "kind", "provider_kind", "channel_kind"}
-    | {"provider_id", "channel_id", "contact_id"}
 )
 _T = TypeVar("_T")
 _UNKNOWN: Any = object()  # a key this run knows nothing about
@@ -78,10 +77,12 @@ class Resident:
 
     def __init__(self) -> None:
         self.columns = {t.name: tuple(c.name for c in t.columns) for t in ENTITY_TABLES}
-        self._few = {  # a table's own key stays as it is: the row's key holds that string
-            t.name: [c.name for c in t.columns if c.name in _SHARED_VALUES and not c.primary_key]
-            for t in ENTITY_TABLES
+        self._few = {
+            t.name: [c.name for c in t.columns if c.name in _SHARED_VALUES] for t in ENTITY_TABLES
         }
+        # The run's own table of those strings (sys.intern would keep them for the process
+        # on some Python versions; this goes with the run).
+        self._strings: dict[str, str] = {}
         self.rows: dict[str, dict[Key, Row | None]] = {t.name: {} for t in ENTITY_TABLES}
         # Rows changed since the flush; not kept for a table still empty (all its rows are).
         self.dirty: dict[str, set[Key]] = {t.name: set() for t in ENTITY_TABLES}
@@ -145,6 +146,7 @@ class Resident:
         for name in self.columns:
             self.rows[name].clear()
             self.complete[name] = self.empty[name] = False
+        self._strings.clear()
         if ledger:
             self.ledger = None
 
@@ -159,7 +161,7 @@ class Resident:
         self.settle()
         return store.seen_before(connection, event_ids, triples)
 
-    def note(self, ledger: Iterable[LedgerEntry]) -> None:
+    def note(self, ledger: list[LedgerEntry]) -> None:
         """Event ids and triples the batch added to the ledger."""
         if (bits := self.ledger) is None:
             return
@@ -235,9 +237,10 @@ class Resident:
 
     def _shared(self, name: str, row: Row) -> Row:
         """Make `row` hold one object per distinct value of its few-valued columns."""
+        strings = self._strings
         for column in self._few[name]:
             if (value := getattr(row, column)).__class__ is str:
-                setattr(row, column, intern(value))
+                setattr(row, column, strings.setdefault(value, value))
         return row
 
     # --- writing back ---------------------------------------------------------------------

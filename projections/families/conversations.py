@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from sys import intern
-
 from projections.batch import Pending, Row
 from projections.events import Event
 from projections.families.common import (
@@ -122,9 +120,9 @@ def _add(state: Pending, conversation: Row, event: Event, participant_id: str) -
 
 
 def _participant(state: Pending, conversation: Row, event: Event, participant_id: str) -> Row:
-    # The key reuses the conversation's id string and one string per participant id: a
-    # run holds every participant row, and each would otherwise carry copies of its own.
-    key = (conversation.conversation_id, intern(participant_id))
+    # The key reuses the conversation row's id string: a run holds every participant
+    # row, and each would otherwise carry a copy of its own.
+    key = (conversation.conversation_id, participant_id)
     row, _ = state.upsert(_PARTICIPANTS, key)
     row.customer_id = conversation.customer_id
     row.updated_at = event.occurred_at
