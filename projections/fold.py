@@ -40,16 +40,16 @@ class Counters:
         return asdict(self)
 
 
-def aggregate_keys(event: Event) -> list[tuple[str, Key]]:
-    """The rows a handler may read or change for this event, to load before folding."""
-    keys: list[tuple[str, Key]] = [(event.family.table, event.aggregate_id)]
-    if event.name in ("ConversationParticipantAdded", "ConversationParticipantRemoved"):
-        keys.append(
-            ("conversation_participants", (event.aggregate_id, event.fields["participant_id"]))
-        )
-    elif event.name == "ConversationCreated":
-        for participant_id in event.fields.get("participant_ids", ()):
-            keys.append(("conversation_participants", (event.aggregate_id, participant_id)))
+def aggregate_keys(events: list[Event]) -> list[tuple[str, Key]]:
+    """The rows handlers may read or change for these events, to load before folding."""
+    keys: list[tuple[str, Key]] = [(event.family.table, event.aggregate_id) for event in events]
+    for event in events:
+        if event.name in ("ConversationParticipantAdded", "ConversationParticipantRemoved"):
+            participant = (event.aggregate_id, event.fields["participant_id"])
+            keys.append(("conversation_participants", participant))
+        elif event.name == "ConversationCreated":
+            for participant_id in event.fields.get("participant_ids", ()):
+                keys.append(("conversation_participants", (event.aggregate_id, participant_id)))
     return keys
 
 

@@ -218,7 +218,7 @@ def one_batch(
                 quarantined.append(item)
 
     state = Pending()
-    resident.load(connection, state, (key for event in events for key in aggregate_keys(event)))
+    resident.load(connection, state, aggregate_keys(events))
     keys = [k for e in events if (k := idempotency_key(e)) is not None]
     seen_ids, seen_keys = resident.seen_before(connection, [e.event_id for e in events], keys)
     folder = Folder(state, settings.version_mode, source.label, seen_ids, seen_keys, counters)

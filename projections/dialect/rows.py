@@ -82,17 +82,20 @@ def writer(
 
 
 @cache
-def values_writer(table: sa.Table, dialect: str) -> Callable[[Sequence[Any]], list[Any]]:
+def values_writer(table: sa.Table, dialect: str) -> Callable[[Sequence[Any]], Sequence[Any]]:
     """A function turning values in the table's column order into the driver's values."""
     converters = _converters(table, [c.name for c in table.columns], dialect)
 
-    def convert(row: Sequence[Any]) -> list[Any]:
+    def same(row: Sequence[Any]) -> Sequence[Any]:
+        return row  # nothing to convert (the ledger on PostgreSQL): no copy per row
+
+    def convert(row: Sequence[Any]) -> Sequence[Any]:
         values = list(row)
         for index, function in converters:
             values[index] = function(values[index])
         return values
 
-    return convert
+    return convert if converters else same
 
 
 def json_columns(table: sa.Table, columns: Sequence[str]) -> list[int]:
