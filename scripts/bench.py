@@ -210,7 +210,7 @@ class Postgres:
         self.base = make_url(admin_url)
         self.created: set[str] = set()
         with self.admin() as admin:
-            self.version = str(admin.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+            self.version = str(admin.execute("SHOW server_version").fetchone()[0])
 
     def admin(self) -> Any:
         """An autocommit connection to the admin database."""
@@ -791,8 +791,8 @@ def bench(args: argparse.Namespace) -> int:
     verdicts = judge(results, ratios, args)
     report(results, verdicts, info, checks + [f"FAILED {f}" for f in failures], args)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = workdir / f"results-{stamp}.json"
-    out.write_text(
+    results_path = workdir / f"results-{stamp}.json"
+    results_path.write_text(
         json.dumps(
             {
                 "args": vars(args),
@@ -807,7 +807,7 @@ def bench(args: argparse.Namespace) -> int:
             default=str,
         )
     )
-    print(f"results written to {out}")
+    print(f"results written to {results_path}")
     failed = [v for v in verdicts if v.ok is False]
     return 1 if failed or failures or any("DIFFER" in c for c in checks) else 0
 

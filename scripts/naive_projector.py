@@ -569,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     projector.close()
     engine.dispose()
-    summary = {**projector.counters, "seconds": seconds}
+    summary: dict[str, float | None] = {**projector.counters, "seconds": seconds}
     summary["events_per_second"] = projector.counters["read"] / seconds if seconds else None
     print(orjson.dumps(summary).decode())
     return 0

@@ -296,7 +296,7 @@ def test_a_rebuild_leaves_fresh_statistics_for_the_planner(postgres_database: Da
     done = _rebuild(db, _log(db, 800))
     assert done.returncode == 0, done.stderr
     with db.engine.connect() as connection:
-        analysed = dict(
+        analysed: dict[str, bool] = dict(
             connection.execute(
                 sa.text(
                     "SELECT relname, last_analyze IS NOT NULL FROM pg_stat_user_tables "

@@ -54,7 +54,7 @@ def _updates() -> list[dict[str, Any] | str]:
 def _all_text(database: Database) -> str:
     """Every value of every table, as one string to search."""
     inspector = sa.inspect(database.engine)
-    parts = []
+    parts: list[str] = []
     with database.engine.connect() as connection:
         for table in inspector.get_table_names():
             if table in ("alembic_version", "event_log"):

@@ -513,7 +513,7 @@ def test_views_answer_like_the_tables_they_read(database: Database, model: Model
 def test_views_are_security_invoker_on_postgres(postgres_database: Database) -> None:
     """On PostgreSQL every view applies the caller's row-level security (security_invoker)."""
     with postgres_database.engine.connect() as connection:
-        options = dict(
+        options: dict[str, Any] = dict(
             connection.exec_driver_sql(
                 "SELECT relname, reloptions FROM pg_class "
                 "WHERE relkind = 'v' AND relnamespace = current_schema()::regnamespace"

@@ -378,7 +378,7 @@ def test_counters_add_up_over_every_outcome(database: Database) -> None:
     """read equals applied + noop + duplicate + stale + unknown + quarantined + rejected."""
     unknown = dict(created())
     unknown.update(event_name="InvoicePaid", aggregate_type="Invoice", aggregate_id="inv_1")
-    conversation = {"channel_id": "chn_1", "contact_id": "con_1", "status": "open"}
+    conversation: dict[str, Any] = {"channel_id": "chn_1", "contact_id": "con_1", "status": "open"}
     log: list[dict[str, Any] | str] = [
         created(event_id="evt_a"),  # applied
         rename(2, "B"),  # applied
