@@ -275,8 +275,6 @@ _MISSING: Final = object()
 
 def _required_text(doc: dict[str, Any], key: str, reason: str) -> str:
     value = doc.get(key, _MISSING)
-    if type(value) is str and value:
-        return value
     if value is _MISSING:
         raise _Reject("missing_field", f"{key} is missing")
     if not isinstance(value, str) or not value:

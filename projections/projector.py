@@ -209,7 +209,7 @@ def one_batch(
             name = item.family.name
             if name in cursors and (aligned or batch.cursor(index) > cursors[name]):
                 events.append(item)
-        elif aligned or batch.cursor(index) > start_cursor:
+        else:  # every line a source returns lies after the batch's start
             counters.read += 1
             if isinstance(item, Unknown):
                 counters.unknown += 1

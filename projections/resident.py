@@ -76,7 +76,6 @@ class Resident:
     """The rows of one run: current values by table and key, and which changed since the flush."""
 
     def __init__(self) -> None:
-        self.columns = {t.name: tuple(c.name for c in t.columns) for t in ENTITY_TABLES}
         self._few = {
             t.name: [c.name for c in t.columns if c.name in _SHARED_VALUES] for t in ENTITY_TABLES
         }
@@ -86,8 +85,8 @@ class Resident:
         self.rows: dict[str, dict[Key, Row | None]] = {t.name: {} for t in ENTITY_TABLES}
         # Rows changed since the flush; not kept for a table still empty (all its rows are).
         self.dirty: dict[str, set[Key]] = {t.name: set() for t in ENTITY_TABLES}
-        self.complete = dict.fromkeys(self.columns, False)
-        self.empty = dict.fromkeys(self.columns, False)  # nothing of this run's in the table yet
+        self.complete = dict.fromkeys(self.rows, False)
+        self.empty = dict.fromkeys(self.rows, False)  # nothing of this run's in the table yet
         self.changed_parents: dict[str, set[Key]] = defaultdict(set)
         self.ledger: LedgerFilter | None = None  # set while the ledger holds only this run's
         # The transaction's checkpoints as its batches moved them; written by flush.
@@ -136,14 +135,14 @@ class Resident:
         """Mark the tables that are empty now: their rows will all pass through here."""
         if self.ledger is None and _empty(connection, "processed_events"):
             self.ledger = LedgerFilter()
-        for name in self.columns:
+        for name in self.rows:
             if self.rows[name]:
                 continue
             self.complete[name] = self.empty[name] = _empty(connection, name)
 
     def forget(self, *, ledger: bool = True) -> None:
         """Drop every row (after a flush): the database is the only copy again."""
-        for name in self.columns:
+        for name in self.rows:
             self.rows[name].clear()
             self.complete[name] = self.empty[name] = False
         self._strings.clear()
