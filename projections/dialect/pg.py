@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import cache
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from psycopg import adapt, postgres, pq
+from sqlalchemy.dialects import postgresql
 
 from projections.dialect.rows import driver_cursor, values_writer, writer
 
@@ -104,7 +107,11 @@ def _copy(
             f"CREATE TEMP TABLE IF NOT EXISTS {target} "
             f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-    with cursor.copy(f"COPY {target} ({names}) FROM STDIN") as copy:
+    # Binary COPY: psycopg packs each value in C rather than formatting text, and the
+    # server does not parse it back (about half the cost per row of a text COPY).
+    cursor.adapters.register_dumper(None, _JsonbBinary)
+    with cursor.copy(f"COPY {target} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(copy_types(table, columns))
         for row in rows:
             copy.write_row(row)
     if staged:
@@ -115,6 +122,43 @@ def _copy(
             merge = f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
         cursor.execute(f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {target}{merge}")
         cursor.execute(f"TRUNCATE {target}")
+
+
+# What each column type of the tables is sent as in a binary COPY: the server applies no
+# cast, so the binary format must be the column's own (varchar's is text's).
+_COPY_TYPES = {
+    "BIGINT": "int8",
+    "INTEGER": "int4",
+    "BOOLEAN": "bool",
+    "TEXT": "text",
+    "VARCHAR": "text",
+    "TIMESTAMP WITH TIME ZONE": "timestamptz",
+    "JSONB": "jsonb",
+}
+
+
+@cache
+def copy_types(table: sa.Table, columns: tuple[str, ...]) -> list[str]:
+    """The PostgreSQL type of each column, as a binary COPY of `columns` must send it."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    names = []
+    for name in columns:
+        compiled = table.c[name].type.compile(dialect=dialect).partition("(")[0]
+        if compiled not in _COPY_TYPES:
+            raise TypeError(f"{table.name}.{name}: no binary COPY format for {compiled}")
+        names.append(_COPY_TYPES[compiled])
+    return names
+
+
+class _JsonbBinary(adapt.Dumper):
+    """jsonb in a binary COPY from JSON text already made (by orjson): version 1, then it."""
+
+    format = pq.Format.BINARY
+    oid = postgres.types["jsonb"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        """Prefix the JSON text with jsonb's binary format version."""
+        return b"\x01" + (obj if isinstance(obj, bytes) else obj.encode())
 
 
 def _row_security(cursor: Any, table: str) -> bool:

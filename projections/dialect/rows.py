@@ -28,6 +28,13 @@ def _json_text(value: Any) -> Any:
     return orjson.dumps(value).decode()
 
 
+def _json_bytes(value: Any) -> Any:
+    # For PostgreSQL's binary COPY (dialect/pg.py), which sends JSON text as bytes.
+    if value is None or isinstance(value, str | bytes):
+        return value
+    return orjson.dumps(value)
+
+
 def _sqlite_timestamp(value: Any) -> Any:
     # The text format UtcDateTime stores on SQLite (see tables.py).
     if value is None or isinstance(value, str):
@@ -57,7 +64,7 @@ def _converters(table: sa.Table, columns: Sequence[str], dialect: str) -> list[t
     for index, name in enumerate(columns):
         found = kind(table.c[name])
         if found == "json":
-            converters.append((index, _json_text))
+            converters.append((index, _json_bytes if dialect == "postgresql" else _json_text))
         elif found == "timestamp" and dialect == "sqlite":
             converters.append((index, _sqlite_timestamp))
         elif found == "boolean" and dialect == "sqlite":

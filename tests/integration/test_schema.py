@@ -56,3 +56,33 @@ def test_is_current_only_at_the_head(blank_database: Database) -> None:
     with engine.begin() as connection:
         connection.execute(sa.text("DELETE FROM alembic_version"))
     assert not migrate.is_current(engine)
+
+
+def test_binary_copy_sends_every_column_in_its_own_type(postgres_database: Database) -> None:
+    """A binary COPY is not cast by the server: each column must go as the migrated type."""
+    from projections.dialect.pg import copy_types
+    from projections.tables import TABLES
+
+    # varchar's binary format is text's; every other type must be the column's own.
+    same_format = {"character varying": "text"}
+    with postgres_database.engine.connect() as connection:
+        for name, table in TABLES.items():
+            columns = tuple(c.name for c in table.columns)
+            migrated: dict[str, str] = dict(
+                connection.execute(
+                    sa.text(
+                        "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
+                        "WHERE attrelid = CAST(:table AS regclass) AND attnum > 0 "
+                        "AND NOT attisdropped"
+                    ),
+                    {"table": name},
+                ).all()
+            )
+            sent = [
+                connection.execute(
+                    sa.text("SELECT CAST(CAST(:t AS regtype) AS text)"), {"t": t}
+                ).scalar_one()
+                for t in copy_types(table, columns)
+            ]
+            expected = [same_format.get(migrated[c], migrated[c]) for c in columns]
+            assert sent == expected, name
