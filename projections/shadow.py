@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -164,13 +165,15 @@ class Shadow:
     def swap(self, source: Source, config: Settings, *, keep_old: bool) -> SwapReport:
         """Catch up to the head, check, and put the shadow in place in one transaction."""
         assert self.engine is not None
-        with self.engine.begin() as connection:
-            _deferred_indexes(connection, create=True)  # built once, after the bulk load
-            if self.postgres:
-                # Statistics of the new rows now, not when autovacuum comes round: the
-                # first catch-up and the first queries after the swap get good plans.
-                for table in READ_MODEL:
-                    connection.exec_driver_sql(f"ANALYZE {table}")
+        if self.postgres:
+            # Table by table on two connections: the server builds one table's indexes
+            # while it samples another's (this process only waits meanwhile).
+            with ThreadPoolExecutor(2, thread_name_prefix="projections-finish") as pool:
+                for finished in [pool.submit(self._finish, table) for table in READ_MODEL]:
+                    finished.result()
+        else:
+            with self.engine.begin() as connection:
+                _deferred_indexes(connection, create=True)  # built once, after the bulk load
         started = datetime.now(UTC)
         if self.postgres:
             report = self._swap_postgres(source, config, keep_old=keep_old)
@@ -179,6 +182,15 @@ class Shadow:
         report.swap_seconds = (datetime.now(UTC) - started).total_seconds()
         self.drop(keep=report.kept_old is not None)
         return report
+
+    def _finish(self, table: str) -> None:
+        """Build the table's deferred indexes, then its statistics (PostgreSQL)."""
+        assert self.engine is not None
+        with self.engine.begin() as connection:
+            _deferred_indexes(connection, create=True, tables=(table,))
+            # Statistics of the new rows now, not when autovacuum comes round: the first
+            # catch-up and the first queries after the swap get good plans.
+            connection.exec_driver_sql(f"ANALYZE {table}")
 
     def _swap_postgres(self, source: Source, config: Settings, *, keep_old: bool) -> SwapReport:
         settings = self._settings(config)
@@ -290,9 +302,11 @@ BUILD_INDEXES = frozenset(
 )
 
 
-def _deferred_indexes(connection: sa.Connection, *, create: bool) -> None:
+def _deferred_indexes(
+    connection: sa.Connection, *, create: bool, tables: Sequence[str] = READ_MODEL
+) -> None:
     """Drop (or create, if missing) the secondary indexes a bulk build does without."""
-    for name in READ_MODEL:
+    for name in tables:
         table = TABLES[name]
         for index in sorted(table.indexes, key=lambda i: [c.name for c in i.columns]):
             if (name, tuple(c.name for c in index.columns)) in BUILD_INDEXES:
