@@ -27,8 +27,8 @@ MAX_EVENT_ID: Final = 128
 MAX_KEY: Final = 255  # identifiers and other indexed values: PostgreSQL caps index entries
 MAX_VERSION: Final = 2**63 - 1  # the widest integer either database can store
 
-_OCCURRED_AT = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:Z|\+00:00)\Z",
+_OCCURRED_AT = re.compile(  # no capture groups: a third faster, and nothing reads them
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|\+00:00)\Z",
     re.ASCII,  # \d must not match other scripts' digits
 )
 _AGGREGATE_TYPES: Final = {f.aggregate_type.lower(): f.aggregate_type for f in FAMILIES}
