@@ -235,7 +235,6 @@ def one_batch(
     resident.submit(
         lambda: store.write_records(connection, ledger, anomalies, quarantined, label, now)
     )
-    resident.note(ledger)
     end_cursor = source.cursor(batch.position, batch.state)
     for name, checkpoint in checkpoints.items():
         if cursors[name] < end_cursor:

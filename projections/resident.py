@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from projections import dialect, store
 from projections.batch import VALUES, Key, Pending, Row, row_from
-from projections.fold import COPIES, IdempotencyKey, LedgerEntry
+from projections.fold import COPIES, IdempotencyKey
 from projections.store import Checkpoint
 from projections.tables import ENTITY_TABLES, TABLES
 
@@ -51,7 +51,9 @@ class LedgerFilter:
 
     A fixed-size bit set of hashes: "no" is certain, "maybe" is asked of the database.
     Used while the ledger holds nothing but this run's events (a rebuild), it spares
-    a lookup per event; its size does not grow with the log.
+    a lookup per event; its size does not grow with the log. Every item asked about is
+    remembered at once, whether or not it goes on to the ledger: one pass per item, and
+    an item that does not (a duplicate, a stale event) costs at most a lookup later.
     """
 
     BITS = 1 << 25  # 4 MiB; about 4 % false "maybe" after a million events and keys
@@ -59,17 +61,18 @@ class LedgerFilter:
     def __init__(self) -> None:
         self._bits = bytearray(self.BITS // 8)
 
-    def maybe_all(self, items: list[_T]) -> list[_T]:
-        """The items that may have been added; the others certainly were not."""
+    def maybe_then_add(self, items: list[_T]) -> list[_T]:
+        """The items that may have been given before; all of them are remembered now."""
         bits, mask = self._bits, self.BITS - 1
-        return [i for i in items if bits[(at := hash(i) & mask) >> 3] & (1 << (at & 7))]
-
-    def add_all(self, items: list[Any]) -> None:
-        """Remember every item."""
-        bits, mask = self._bits, self.BITS - 1
+        maybe = []
         for item in items:
             at = hash(item) & mask
-            bits[at >> 3] |= 1 << (at & 7)
+            byte, bit = at >> 3, 1 << (at & 7)
+            if bits[byte] & bit:
+                maybe.append(item)
+            else:
+                bits[byte] |= bit
+        return maybe
 
 
 class Resident:
@@ -153,19 +156,12 @@ class Resident:
         self, connection: sa.Connection, event_ids: list[str], triples: list[IdempotencyKey]
     ) -> tuple[set[str], set[IdempotencyKey]]:
         """Which event ids and idempotency triples are in the ledger already."""
-        if (ledger := self.ledger) is not None:
-            event_ids, triples = ledger.maybe_all(event_ids), ledger.maybe_all(triples)
+        if (ledger := self.ledger) is not None:  # every event asked about may be in it next
+            event_ids, triples = ledger.maybe_then_add(event_ids), ledger.maybe_then_add(triples)
             if not event_ids and not triples:
                 return set(), set()
         self.settle()
         return store.seen_before(connection, event_ids, triples)
-
-    def note(self, ledger: list[LedgerEntry]) -> None:
-        """Event ids and triples the batch added to the ledger."""
-        if (bits := self.ledger) is None:
-            return
-        bits.add_all([entry[0] for entry in ledger])
-        bits.add_all([(p, a, key) for _, p, a, key, _ in ledger if key is not None])
 
     # --- one batch ------------------------------------------------------------------------
 
