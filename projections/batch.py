@@ -119,7 +119,8 @@ class Pending:
         default_factory=lambda: {t.name: set() for t in ENTITY_TABLES}
     )
     # Of parent tables only: the columns children copy (one value, or a tuple of them),
-    # as they were before the batch, for the rows that existed then.
+    # as they were before the batch, for the rows that existed then. Left out for a
+    # parent whose children are all held and written whole (a table the run began empty).
     original: dict[str, dict[Key, Any]] = field(default_factory=dict)
 
     def get(self, table: str, key: Key) -> Row | None:

@@ -98,8 +98,10 @@ class Resident:
         self._worker: ThreadPoolExecutor | None = None
         self._writing: Future[None] | None = None
         copied: dict[str, set[str]] = defaultdict(set)  # parent columns children copy
-        for _, _, parent, columns in COPIES:
+        self._children: dict[str, set[str]] = defaultdict(set)
+        for child, _, parent, columns in COPIES:
             copied[parent].update(columns.values())
+            self._children[parent].add(child)
         # Per parent table: how to read the columns children copy off a row.
         self._copied = {parent: attrgetter(*sorted(names)) for parent, names in copied.items()}
 
@@ -192,6 +194,8 @@ class Resident:
             for key in wanted:
                 held[key] = kept[key]
         for parent, pick in self._copied.items():
+            if all(self.empty[child] for child in self._children[parent]):
+                continue  # every child row is held and written whole: no change to track
             state.original[parent] = {
                 key: pick(row) for key, row in pending[parent].items() if row is not None
             }
@@ -214,8 +218,8 @@ class Resident:
 
     def absorb(self, state: Pending) -> None:
         """Take the batch's new rows, and note parents whose copied columns changed."""
-        for parent, pick in self._copied.items():
-            original, rows, changed = state.original[parent], state.rows[parent], set()
+        for parent, original in state.original.items():
+            pick, rows, changed = self._copied[parent], state.rows[parent], set()
             for key in state.dirty[parent]:
                 row = rows[key]
                 if row is not None and original.get(key, _UNKNOWN) != pick(row):
