@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from projections import dialect
-from projections.config import Settings
+from projections.config import DEFAULT_COMMIT_SECONDS, Settings
 from projections.db import create_engine
 from projections.errors import ProjectionsError
 from projections.projector import ProgressCallback, RunResult, catch_up, one_batch
@@ -158,7 +158,12 @@ class Shadow:
         )
 
     def _settings(self, config: Settings) -> Settings:
-        return replace(config, projectors=self.projectors)
+        settings = replace(config, projectors=self.projectors)
+        if not self.postgres and config.commit_seconds is None:
+            # SQLite's shorter default spares writers waiting for the live file's lock;
+            # nothing else writes the shadow file, so the build commits as on PostgreSQL.
+            settings = replace(settings, commit_seconds=DEFAULT_COMMIT_SECONDS)
+        return settings
 
     # --- swapping -----------------------------------------------------------------------
 

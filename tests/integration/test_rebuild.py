@@ -25,7 +25,7 @@ from projections.schema import EVENT_FAMILY
 from projections.shadow import shadow_rebuild
 from projections.sources.eventlog import EventLogSource
 from projections.sources.ndjson import NdjsonSource
-from tests.helpers import Database, cli
+from tests.helpers import Database, cli, ev, write_log
 
 
 def _log(db: Database, events: int, seed: int = 21, name: str = "log.ndjson") -> Path:
@@ -579,3 +579,25 @@ def test_projectors_at_different_positions_in_the_event_log(database: Database) 
         _covered(lines, "conversations", 300, 150),
         0,
     )
+
+
+@pytest.mark.parametrize("chosen", [None, 5.0])
+def test_a_rebuild_commits_its_shadow_as_seldom_on_sqlite_as_on_postgresql(
+    database: Database, monkeypatch: pytest.MonkeyPatch, chosen: float | None
+) -> None:
+    """Nothing else writes the shadow: SQLite's shorter default (for lock waiters) is moot."""
+    intervals: list[float] = []
+
+    def recording(engine: Any, source: Any, settings: Any, **options: Any) -> Any:
+        intervals.append(settings.commit_interval)
+        return catch_up(engine, source, settings, **options)
+
+    monkeypatch.setattr("projections.shadow.catch_up", recording)
+    path = write_log(database.tmp / "log.ndjson", [ev("CustomerCreated", "cus_1", 1, name="A")])
+    source = NdjsonSource(path)
+    try:
+        shadow_rebuild(database.engine, source, database.settings(commit_seconds=chosen))
+    finally:
+        source.close()
+    assert intervals and set(intervals) == {chosen if chosen is not None else 30.0}
+    assert database.count("customers") == 1
