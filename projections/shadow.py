@@ -14,6 +14,7 @@ transaction: readers (WAL) keep seeing the old rows until it commits.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -212,6 +213,7 @@ class Shadow:
             views = _dependent_views(connection, moved)
             for table in moved:
                 _copy_security(connection, table, shadow)
+                _copy_indexes(connection, table, self.name)
             connection.exec_driver_sql(f'CREATE SCHEMA "{old}"')
             for table in moved:
                 connection.exec_driver_sql(f'ALTER TABLE public.{table} SET SCHEMA "{old}"')
@@ -414,6 +416,30 @@ def _copy_security(connection: sa.Connection, table: str, shadow: str) -> None:
         if policy["with_check"] is not None:
             statement += f" WITH CHECK ({policy['with_check']})"
         connection.exec_driver_sql(statement)
+
+
+# Indexes of a live table that its shadow lacks (the ones users add for their queries),
+# apart from those behind constraints.
+_ADDED_INDEXES = sa.text(
+    "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index AS i "
+    "JOIN pg_class AS c ON c.oid = i.indexrelid "
+    "WHERE i.indrelid = to_regclass('public.' || :table) "
+    "AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conindid = i.indexrelid) "
+    "AND NOT EXISTS (SELECT 1 FROM pg_indexes AS s "
+    "WHERE s.schemaname = :shadow AND s.indexname = c.relname) "
+    "ORDER BY c.relname"
+)
+
+
+def _copy_indexes(connection: sa.Connection, table: str, shadow: str) -> None:
+    """Build on the shadow table the indexes users added to the live one."""
+    for (definition,) in connection.execute(_ADDED_INDEXES, {"table": table, "shadow": shadow}):
+        on_shadow, found = re.subn(
+            rf" ON (ONLY )?public\.{table} ", rf' ON \g<1>"{shadow}".{table} ', definition, count=1
+        )
+        if not found:
+            raise RebuildError(f"cannot build {definition!r} on the rebuilt {table}")
+        connection.exec_driver_sql(on_shadow)
 
 
 def _quote(connection: sa.Connection, name: str) -> str:

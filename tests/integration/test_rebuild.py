@@ -601,3 +601,31 @@ def test_a_rebuild_commits_its_shadow_as_seldom_on_sqlite_as_on_postgresql(
         source.close()
     assert intervals and set(intervals) == {chosen if chosen is not None else 30.0}
     assert database.count("customers") == 1
+
+
+def test_a_rebuild_keeps_the_indexes_users_added(database: Database) -> None:
+    """An index added for one's own queries is still there after a rebuild, over the new rows."""
+    path = write_log(
+        database.tmp / "log.ndjson",
+        [ev("CustomerCreated", f"cus_{i}", 1, name=f"Name {i % 7}") for i in range(50)],
+    )
+    database.project(path)
+    with database.engine.begin() as connection:
+        connection.exec_driver_sql("CREATE INDEX mine_customers_name ON customers (name)")
+        connection.exec_driver_sql(
+            "CREATE UNIQUE INDEX mine_customers_id_name ON customers (customer_id, name)"
+        )
+    source = NdjsonSource(path)
+    try:
+        shadow_rebuild(database.engine, source, database.settings())
+    finally:
+        source.close()
+    indexes = {i["name"]: i for i in sa.inspect(database.engine).get_indexes("customers")}
+    assert indexes["mine_customers_name"]["column_names"] == ["name"]
+    assert indexes["mine_customers_id_name"]["unique"]
+    assert "ix_customers_status" in indexes  # and the model's own
+    with database.engine.connect() as connection:
+        named = connection.execute(
+            sa.text("SELECT count(*) FROM customers WHERE name = 'Name 3'")
+        ).scalar_one()
+    assert named == 7
