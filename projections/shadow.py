@@ -243,10 +243,23 @@ class Shadow:
             tables = list(READ_MODEL) if self.full else entity_tables(self.projectors)
             for table in tables:
                 columns = _columns(table)
+                # The live table's indexes (ours and any of the user's) are built again
+                # after the copy: one sort instead of a million scattered inserts (the
+                # ledger's copy took 1.9 s instead of 4.8 s). Readers see none of it
+                # before the commit.
+                indexes = connection.exec_driver_sql(
+                    "SELECT name, sql FROM main.sqlite_master WHERE type = 'index' "
+                    "AND tbl_name = ? AND sql IS NOT NULL",
+                    (table,),
+                ).all()
                 connection.exec_driver_sql(f"DELETE FROM main.{table}")
+                for name, _ in indexes:
+                    connection.exec_driver_sql(f'DROP INDEX main."{name}"')
                 connection.exec_driver_sql(
                     f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM shadow.{table}"
                 )
+                for _, definition in indexes:
+                    connection.exec_driver_sql(definition)  # unqualified: main's table
             if not self.full:
                 self._merge_shared(connection, "shadow.", "main.")
         return report
