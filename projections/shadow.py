@@ -349,10 +349,15 @@ def _attached(engine: Engine, other: Engine, alias: str) -> Iterator[sa.Connecti
         driver = connection.connection.driver_connection
         assert driver is not None
         driver.execute(f"ATTACH DATABASE ? AS {alias}", (other.url.database,))
+        # Building an index over a whole table sorts more than memory should hold: let
+        # the sort spill to a temporary file, not to memory (the connections' setting).
+        (store,) = driver.execute("PRAGMA temp_store").fetchone()
+        driver.execute("PRAGMA temp_store = FILE")
         try:
             with connection.begin():
                 yield connection
         finally:
+            driver.execute(f"PRAGMA temp_store = {int(store)}")
             driver.execute(f"DETACH DATABASE {alias}")
 
 

@@ -629,3 +629,24 @@ def test_a_rebuild_keeps_the_indexes_users_added(database: Database) -> None:
             sa.text("SELECT count(*) FROM customers WHERE name = 'Name 3'")
         ).scalar_one()
     assert named == 7
+
+
+def test_the_sqlite_swap_sorts_on_disk_and_gives_the_connection_back_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """Index builds over whole tables spill to a file, not to memory; the pool is unchanged."""
+    from projections.db import create_engine
+    from projections.shadow import _attached
+
+    live = create_engine(sa.make_url(f"sqlite:///{tmp_path / 'live.db'}"))
+    shadow = create_engine(sa.make_url(f"sqlite:///{tmp_path / 'shadow.db'}"))
+    try:
+        with live.connect() as connection:
+            before = connection.exec_driver_sql("PRAGMA temp_store").scalar_one()
+        with _attached(live, shadow, "shadow") as connection:
+            assert connection.exec_driver_sql("PRAGMA temp_store").scalar_one() == 1  # FILE
+        with live.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA temp_store").scalar_one() == before == 2
+    finally:
+        live.dispose()
+        shadow.dispose()
