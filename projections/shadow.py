@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -175,8 +175,12 @@ class Shadow:
             # Table by table on two connections: the server builds one table's indexes
             # while it samples another's (this process only waits meanwhile).
             with ThreadPoolExecutor(2, thread_name_prefix="projections-finish") as pool:
-                for finished in [pool.submit(self._finish, table) for table in READ_MODEL]:
-                    finished.result()
+                tasks = [pool.submit(self._finish, table) for table in READ_MODEL]
+                wait(tasks, return_when=FIRST_EXCEPTION)
+                pool.shutdown(cancel_futures=True)  # after a failure, start no other table
+                for task in tasks:
+                    if not task.cancelled():
+                        task.result()
         else:
             with self.engine.begin() as connection:
                 _deferred_indexes(connection, create=True)  # built once, after the bulk load
@@ -254,12 +258,19 @@ class Shadow:
                 ).all()
                 connection.exec_driver_sql(f"DELETE FROM main.{table}")
                 for name, _ in indexes:
-                    connection.exec_driver_sql(f'DROP INDEX main."{name}"')
+                    quoted = name.replace('"', '""')
+                    connection.exec_driver_sql(f'DROP INDEX main."{quoted}"')
                 connection.exec_driver_sql(
                     f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM shadow.{table}"
                 )
-                for _, definition in indexes:
-                    connection.exec_driver_sql(definition)  # unqualified: main's table
+                for name, definition in indexes:
+                    try:
+                        connection.exec_driver_sql(definition)  # unqualified: main's table
+                    except sa.exc.DBAPIError as exc:
+                        raise RebuildError(
+                            f"the index {name} on {table} cannot be built on the rebuilt "
+                            f"rows ({_one_line(exc.orig)}); drop or change it, then rebuild"
+                        ) from None
             if not self.full:
                 self._merge_shared(connection, "shadow.", "main.")
         return report
@@ -436,28 +447,43 @@ def _copy_security(connection: sa.Connection, table: str, shadow: str) -> None:
         connection.exec_driver_sql(statement)
 
 
-# Indexes of a live table that its shadow lacks (the ones users add for their queries),
-# apart from those behind constraints.
+# Valid indexes of a live table that its shadow lacks (the ones users add for their
+# queries), apart from those behind the table's own constraints.
 _ADDED_INDEXES = sa.text(
-    "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index AS i "
+    "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index AS i "
     "JOIN pg_class AS c ON c.oid = i.indexrelid "
-    "WHERE i.indrelid = to_regclass('public.' || :table) "
-    "AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conindid = i.indexrelid) "
+    "WHERE i.indrelid = to_regclass('public.' || :table) AND i.indisvalid AND i.indisready "
+    "AND NOT EXISTS (SELECT 1 FROM pg_constraint "
+    "WHERE conindid = i.indexrelid AND conrelid = i.indrelid) "
     "AND NOT EXISTS (SELECT 1 FROM pg_indexes AS s "
     "WHERE s.schemaname = :shadow AND s.indexname = c.relname) "
     "ORDER BY c.relname"
 )
 
 
+# What pg_get_indexdef writes before the table's name (an index name is quoted when needed).
+_INDEX_HEAD = r'^(CREATE (?:UNIQUE )?INDEX (?:"(?:[^"]|"")*"|\S+) ON (?:ONLY )?)public\.'
+
+
 def _copy_indexes(connection: sa.Connection, table: str, shadow: str) -> None:
     """Build on the shadow table the indexes users added to the live one."""
-    for (definition,) in connection.execute(_ADDED_INDEXES, {"table": table, "shadow": shadow}):
-        on_shadow, found = re.subn(
-            rf" ON (ONLY )?public\.{table} ", rf' ON \g<1>"{shadow}".{table} ', definition, count=1
-        )
-        if not found:
-            raise RebuildError(f"cannot build {definition!r} on the rebuilt {table}")
-        connection.exec_driver_sql(on_shadow)
+    found = connection.execute(_ADDED_INDEXES, {"table": table, "shadow": shadow}).all()
+    for name, definition in found:
+        head = _INDEX_HEAD + re.escape(table) + " "
+        on_shadow, replaced = re.subn(head, rf'\g<1>"{shadow}".{table} ', definition, count=1)
+        if not replaced:
+            raise RebuildError(f"cannot rebuild your index {name} on {table}: {definition}")
+        try:
+            connection.exec_driver_sql(on_shadow)
+        except sa.exc.DBAPIError as exc:
+            raise RebuildError(
+                f"the index {name} on {table} cannot be built on the rebuilt rows "
+                f"({_one_line(exc.orig)}); drop or change it, then rebuild"
+            ) from None
+
+
+def _one_line(error: BaseException | None) -> str:
+    return " ".join(str(error).split())
 
 
 def _quote(connection: sa.Connection, name: str) -> str:

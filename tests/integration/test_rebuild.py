@@ -22,7 +22,7 @@ from projections.generator import Noise, generate
 from projections.importer import import_log
 from projections.projector import catch_up
 from projections.schema import EVENT_FAMILY
-from projections.shadow import shadow_rebuild
+from projections.shadow import RebuildError, shadow_rebuild
 from projections.sources.eventlog import EventLogSource
 from projections.sources.ndjson import NdjsonSource
 from tests.helpers import Database, cli, ev, write_log
@@ -611,17 +611,18 @@ def test_a_rebuild_keeps_the_indexes_users_added(database: Database) -> None:
     )
     database.project(path)
     with database.engine.begin() as connection:
-        connection.exec_driver_sql("CREATE INDEX mine_customers_name ON customers (name)")
+        connection.exec_driver_sql('CREATE INDEX "mine ""customers"" name" ON customers (name)')
         connection.exec_driver_sql(
             "CREATE UNIQUE INDEX mine_customers_id_name ON customers (customer_id, name)"
         )
     source = NdjsonSource(path)
     try:
         shadow_rebuild(database.engine, source, database.settings())
+        indexes = {i["name"]: i for i in sa.inspect(database.engine).get_indexes("customers")}
     finally:
         source.close()
-    indexes = {i["name"]: i for i in sa.inspect(database.engine).get_indexes("customers")}
-    assert indexes["mine_customers_name"]["column_names"] == ["name"]
+        _drop_indexes(database, '"mine ""customers"" name"', "mine_customers_id_name")
+    assert indexes['mine "customers" name']["column_names"] == ["name"]
     assert indexes["mine_customers_id_name"]["unique"]
     assert "ix_customers_status" in indexes  # and the model's own
     with database.engine.connect() as connection:
@@ -650,3 +651,38 @@ def test_the_sqlite_swap_sorts_on_disk_and_gives_the_connection_back_as_it_was(
     finally:
         live.dispose()
         shadow.dispose()
+
+
+def test_a_users_index_the_rebuilt_rows_break_fails_the_rebuild_and_keeps_the_live_model(
+    database: Database,
+) -> None:
+    """A unique index the new rows violate: a clear error, and the live tables untouched."""
+    first = write_log(
+        database.tmp / "first.ndjson",
+        [ev("CustomerCreated", f"cus_{i}", 1, name=f"Name {i}") for i in range(5)],
+    )
+    database.project(first)
+    with database.engine.begin() as connection:
+        connection.exec_driver_sql('CREATE UNIQUE INDEX "one ""name""" ON customers (name)')
+    before = database.snapshot()
+    second = write_log(
+        database.tmp / "second.ndjson",
+        [ev("CustomerCreated", f"cus_{i}", 1, name="Same") for i in range(5)],
+    )
+    source = NdjsonSource(second)
+    try:
+        with pytest.raises(RebuildError, match=r'one "name".*drop or change it'):
+            shadow_rebuild(database.engine, source, database.settings())
+        assert database.snapshot() == before
+        names = {i["name"] for i in sa.inspect(database.engine).get_indexes("customers")}
+        assert 'one "name"' in names
+    finally:
+        source.close()
+        _drop_indexes(database, '"one ""name"""')
+
+
+def _drop_indexes(database: Database, *names: str) -> None:
+    """Indexes a test added: the next test reuses this database."""
+    with database.engine.begin() as connection:
+        for name in names:
+            connection.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
