@@ -605,16 +605,12 @@ def test_a_rebuild_commits_its_shadow_as_seldom_on_sqlite_as_on_postgresql(
 
 def test_a_rebuild_keeps_the_indexes_users_added(database: Database) -> None:
     """An index added for one's own queries is still there after a rebuild, over the new rows."""
-    path = write_log(
-        database.tmp / "log.ndjson",
-        [ev("CustomerCreated", f"cus_{i}", 1, name=f"Name {i % 7}") for i in range(50)],
+    path = _customers_with_indexes(
+        database,
+        [f"Name {i % 7}" for i in range(50)],
+        'CREATE INDEX "mine ""customers"" name" ON customers (name)',
+        "CREATE UNIQUE INDEX mine_customers_id_name ON customers (customer_id, name)",
     )
-    database.project(path)
-    with database.engine.begin() as connection:
-        connection.exec_driver_sql('CREATE INDEX "mine ""customers"" name" ON customers (name)')
-        connection.exec_driver_sql(
-            "CREATE UNIQUE INDEX mine_customers_id_name ON customers (customer_id, name)"
-        )
     source = NdjsonSource(path)
     try:
         shadow_rebuild(database.engine, source, database.settings())
@@ -657,13 +653,11 @@ def test_a_users_index_the_rebuilt_rows_break_fails_the_rebuild_and_keeps_the_li
     database: Database,
 ) -> None:
     """A unique index the new rows violate: a clear error, and the live tables untouched."""
-    first = write_log(
-        database.tmp / "first.ndjson",
-        [ev("CustomerCreated", f"cus_{i}", 1, name=f"Name {i}") for i in range(5)],
+    _customers_with_indexes(
+        database,
+        [f"Name {i}" for i in range(5)],
+        'CREATE UNIQUE INDEX "one ""name""" ON customers (name)',
     )
-    database.project(first)
-    with database.engine.begin() as connection:
-        connection.exec_driver_sql('CREATE UNIQUE INDEX "one ""name""" ON customers (name)')
     before = database.snapshot()
     second = write_log(
         database.tmp / "second.ndjson",
@@ -679,6 +673,19 @@ def test_a_users_index_the_rebuilt_rows_break_fails_the_rebuild_and_keeps_the_li
     finally:
         source.close()
         _drop_indexes(database, '"one ""name"""')
+
+
+def _customers_with_indexes(database: Database, names: list[str], *indexes: str) -> Path:
+    """Project one customer per name, then add the indexes (SQL); the log's path."""
+    path = write_log(
+        database.tmp / "customers.ndjson",
+        [ev("CustomerCreated", f"cus_{i}", 1, name=name) for i, name in enumerate(names)],
+    )
+    database.project(path)
+    with database.engine.begin() as connection:
+        for statement in indexes:
+            connection.exec_driver_sql(statement)
+    return path
 
 
 def _drop_indexes(database: Database, *names: str) -> None:
