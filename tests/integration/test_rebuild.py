@@ -693,3 +693,28 @@ def _drop_indexes(database: Database, *names: str) -> None:
     with database.engine.begin() as connection:
         for name in names:
             connection.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
+
+
+def test_a_rebuild_leaves_out_an_index_postgresql_marked_invalid(
+    postgres_database: Database,
+) -> None:
+    """A failed CREATE INDEX CONCURRENTLY leaves an invalid index: it is not built again."""
+    database = postgres_database
+    path = _customers_with_indexes(database, ["Same", "Same", "Other"])
+    autocommit = database.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with pytest.raises(sa.exc.IntegrityError):
+            autocommit.exec_driver_sql(
+                "CREATE UNIQUE INDEX CONCURRENTLY half_built ON customers (name)"
+            )
+        source = NdjsonSource(path)
+        try:
+            shadow_rebuild(database.engine, source, database.settings())
+        finally:
+            source.close()
+        assert database.count("customers") == 3
+        names = {i["name"] for i in sa.inspect(database.engine).get_indexes("customers")}
+        assert "half_built" not in names  # it stayed with the old table
+    finally:
+        autocommit.close()
+        _drop_indexes(database, "half_built")
