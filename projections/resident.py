@@ -285,25 +285,31 @@ class Resident:
         for child, reference, parent, columns in COPIES:
             pairs = list(columns.items())
             children, parents, dirty = self.rows[child], self.rows[parent], self.dirty[child]
-            targets = set(children) if self.empty[child] else set(dirty)
-            if changed := self.changed_parents.get(parent):
-                targets.update(
-                    key
-                    for key, row in children.items()
-                    if row is not None and getattr(row, reference) in changed
-                )
+            # A table still empty has every held row written: visit them all, in place, with
+            # no set of targets and nothing to mark (a set per table was the flush's peak).
+            whole = self.empty[child]
+            targets: Iterable[tuple[Key, Row | None]]
+            if whole:
+                targets = children.items()
+            else:
+                keys = set(dirty)
+                if changed := self.changed_parents.get(parent):
+                    keys.update(
+                        key
+                        for key, row in children.items()
+                        if row is not None and getattr(row, reference) in changed
+                    )
+                targets = [(key, children[key]) for key in keys]
             if not self.complete[parent]:
                 wanted: set[Key] = set()
-                for key in targets:
-                    row = children[key]
+                for _, row in targets:
                     if row is not None:
                         ref = getattr(row, reference)
                         if ref is not None and ref not in parents:
                             wanted.add(ref)
                 if wanted:
                     self.fetch(connection, parent, wanted)
-            for key in targets:
-                row = children[key]
+            for key, row in targets:
                 if row is None:
                     continue
                 ref = getattr(row, reference)
@@ -312,4 +318,5 @@ class Resident:
                     value = None if source is None else getattr(source, origin)
                     if getattr(row, target) != value:
                         setattr(row, target, value)
-                        dirty.add(key)
+                        if not whole:
+                            dirty.add(key)
