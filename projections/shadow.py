@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -174,10 +175,21 @@ class Shadow:
         if self.postgres:
             # Table by table on two connections: the server builds one table's indexes
             # while it samples another's (this process only waits meanwhile).
+            failed = threading.Event()
+
+            def finish(table: str) -> None:
+                if failed.is_set():
+                    return  # another table's failed: the rebuild fails, start no other
+                try:
+                    self._finish(table)
+                except BaseException:
+                    failed.set()  # before its future says so: the other thread sees it
+                    raise
+
             with ThreadPoolExecutor(2, thread_name_prefix="projections-finish") as pool:
-                tasks = [pool.submit(self._finish, table) for table in READ_MODEL]
+                tasks = [pool.submit(finish, table) for table in READ_MODEL]
                 wait(tasks, return_when=FIRST_EXCEPTION)
-                pool.shutdown(cancel_futures=True)  # after a failure, start no other table
+                pool.shutdown(cancel_futures=True)
                 for task in tasks:
                     if not task.cancelled():
                         task.result()

@@ -22,7 +22,7 @@ from projections.generator import Noise, generate
 from projections.importer import import_log
 from projections.projector import catch_up
 from projections.schema import EVENT_FAMILY
-from projections.shadow import RebuildError, shadow_rebuild
+from projections.shadow import RebuildError, Shadow, shadow_rebuild
 from projections.sources.eventlog import EventLogSource
 from projections.sources.ndjson import NdjsonSource
 from tests.helpers import Database, cli, ev, write_log
@@ -718,3 +718,34 @@ def test_a_rebuild_leaves_out_an_index_postgresql_marked_invalid(
     finally:
         autocommit.close()
         _drop_indexes(database, "half_built")
+
+
+def test_once_one_tables_finish_fails_no_other_table_is_started(
+    postgres_database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Indexes and statistics are built two tables at a time; the first failure ends it."""
+    db = postgres_database
+    log = _log(db, 300)
+    db.project(log)
+    before = db.snapshot()
+    started: list[str] = []
+    finish = Shadow._finish
+
+    def failing_first(shadow: Shadow, table: str) -> None:
+        started.append(table)
+        if len(started) == 1:
+            raise RuntimeError("could not extend file: No space left on device")
+        time.sleep(0.5)  # the other connection is still busy when the failure is seen
+        finish(shadow, table)
+
+    monkeypatch.setattr(Shadow, "_finish", failing_first)
+    source = NdjsonSource(log)
+    try:
+        with pytest.raises(RuntimeError, match="No space left"):
+            shadow_rebuild(db.engine, source, db.settings())
+    finally:
+        source.close()
+    # The failing table, and at most the one the other connection had begun.
+    assert 1 <= len(started) <= 2, started
+    assert db.snapshot() == before
+    assert _leftovers(db) == []
