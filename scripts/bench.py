@@ -915,12 +915,36 @@ def judge(
                 growth,
                 f"<= {TARGETS['rss_growth']:.2f}x",
                 growth <= TARGETS["rss_growth"],
-                f"{max(big.rss_mb):.0f} MB vs {max(base.rss_mb):.0f} MB = {growth:.2f}x",
+                f"{max(big.rss_mb):.0f} MB vs {max(base.rss_mb):.0f} MB = {growth:.2f}x"
+                + _rows_growth(big, base),
             )
         )
     else:
         verdicts.append(Verdict("peak RSS, big log vs N-event log", None, "<= 1.10x", None))
     return verdicts
+
+
+_LEDGER_TABLES = ("processed_events", "event_anomalies", "quarantined_events")
+
+
+def _held_rows(m: Measurement) -> int | None:
+    """Rows of the read model's entity tables after a rebuild (what a run holds in memory)."""
+    rows = m.extra[-1].get("rows") if m.extra else None
+    if not isinstance(rows, dict):
+        return None
+    return sum(
+        int(n)
+        for table, n in rows.items()
+        if table not in _LEDGER_TABLES and "checkpoint" not in table
+    )
+
+
+def _rows_growth(big: Measurement, base: Measurement) -> str:
+    """How much the final state itself grew between the two logs: memory follows it."""
+    big_rows, base_rows = _held_rows(big), _held_rows(base)
+    if not big_rows or not base_rows:
+        return ""
+    return f"; entity rows {big_rows:,} vs {base_rows:,} = {big_rows / base_rows:.2f}x"
 
 
 def report(
