@@ -18,9 +18,9 @@ DEFAULT_DATABASE_URL = "sqlite:///projections.db"
 DEFAULT_BATCH_SIZE = 5_000
 DEFAULT_COMMIT_SECONDS = 30.0
 DEFAULT_SQLITE_COMMIT_SECONDS = 10.0
-# A rebuild's SQLite shadow file has no other writer; each commit mid-build ends the bulk
-# path (later flushes upsert), so it commits seldom: a crash loses at most this much.
-DEFAULT_SQLITE_SHADOW_COMMIT_SECONDS = 120.0
+# A rebuild's shadow has no other writer and its own lock; each commit mid-build ends the
+# bulk path (later flushes upsert), so it commits seldom: a crash loses at most this much.
+DEFAULT_SHADOW_COMMIT_SECONDS = 120.0
 DEFAULT_RESIDENT_ROWS = 1_000_000
 NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".json", ".gz")
 

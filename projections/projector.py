@@ -61,17 +61,19 @@ def catch_up(
     *,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    lock: str = dialect.WRITERS,
 ) -> RunResult:
     """Apply everything after the checkpoints until caught up.
 
     One transaction covers many batches: their rows stay in memory (`Resident`) and
     are written once, with the checkpoints, when the transaction ends: at the end of
     the source, when asked to stop, every `commit_seconds`, or when `resident_rows`
-    rows are held (then they are dropped, which bounds memory).
+    rows are held (then they are dropped, which bounds memory). Each transaction holds
+    the writers' lock named `lock` (a rebuild's shadow has its own).
     """
     verify_source(engine, source)
     with _collecting_at_commits():
-        return _catch_up(engine, source, settings, progress, should_stop)
+        return _catch_up(engine, source, settings, progress, should_stop, lock)
 
 
 _COLLECT_SECONDS = 60.0
@@ -101,6 +103,7 @@ def _catch_up(
     settings: Settings,
     progress: ProgressCallback | None,
     should_stop: Callable[[], bool] | None,
+    lock: str,
 ) -> RunResult:
     result = RunResult()
     resident = Resident()
@@ -112,7 +115,7 @@ def _catch_up(
         while not done:
             with engine.begin() as connection:
                 try:
-                    dialect.lock_writers(connection)
+                    dialect.lock_writers(connection, lock)
                     if written is not None and _positions(connection, source) != written:
                         resident.forget()  # another writer committed meanwhile: rows may be old
                     resident.start(connection)

@@ -92,14 +92,17 @@ def insert_ignoring_conflicts(
     connection.execute(module.insert(table).on_conflict_do_nothing(), list(rows))
 
 
-def lock_writers(connection: sa.Connection, name: str = "projections") -> None:
+WRITERS = "projections"  # the lock every writer of the live read model takes
+
+
+def lock_writers(connection: sa.Connection, name: str = WRITERS) -> None:
     """Serialise writers of the read model for the rest of the transaction."""
     if connection.dialect.name == "postgresql":
         connection.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key(name))))
     # SQLite: BEGIN IMMEDIATE (see db.py) already holds the database's write lock.
 
 
-def try_lock_writers(connection: sa.Connection, name: str = "projections") -> bool:
+def try_lock_writers(connection: sa.Connection, name: str = WRITERS) -> bool:
     """Like lock_writers, but give up at once when another writer holds the lock."""
     if connection.dialect.name == "postgresql":
         return bool(
