@@ -98,6 +98,18 @@ class Shadow:
         finally:
             probe.dispose()
 
+    @contextmanager
+    def claimed(self, task: str) -> Iterator[None]:
+        """Hold this shadow until the block ends; refuse if another process holds it."""
+        with dialect.claim(self.live, self.name) as held:
+            if not held:
+                where = f"schema {self.name}" if self.postgres else f"file {self.path}"
+                raise RebuildError(
+                    f"another {task} is using the {where} of this database: wait for it to "
+                    "end, or stop it first"
+                )
+            yield
+
     def prepare(self, *, resume: bool) -> bool:
         """Create an empty shadow (or keep the one there when resuming); True if resumed."""
         if resume and self.exists():
@@ -521,15 +533,17 @@ def shadow_rebuild(
 ) -> tuple[RunResult, SwapReport | None, Any]:
     """Rebuild into a shadow and swap it in; the live model is untouched until the swap."""
     shadow = Shadow(engine, projectors or tuple(PROJECTOR_TABLES))
-    try:
-        resumed = shadow.prepare(resume=resume)
-        result = shadow.build(source, config, progress=progress, should_stop=should_stop)
-        if result.interrupted:
-            if shadow.engine is not None:
-                shadow.engine.dispose()
-            return result, None, resumed  # kept for --resume
-        report = shadow.swap(source, config, keep_old=keep_old)
-    except BaseException:
-        shadow.drop()
-        raise
+    # Held from preparing to swapping: a second rebuild would drop this one's shadow.
+    with shadow.claimed("rebuild"):
+        try:
+            resumed = shadow.prepare(resume=resume)
+            result = shadow.build(source, config, progress=progress, should_stop=should_stop)
+            if result.interrupted:
+                if shadow.engine is not None:
+                    shadow.engine.dispose()
+                return result, None, resumed  # kept for --resume
+            report = shadow.swap(source, config, keep_old=keep_old)
+        except BaseException:
+            shadow.drop()
+            raise
     return result, report, resumed

@@ -105,14 +105,17 @@ def verify(
     source.until = cursors.pop()  # type: ignore[attr-defined]
     scratch = Shadow(engine, tuple(PROJECTOR_TABLES), name=SCRATCH)
     try:
-        scratch.prepare(resume=False)
-        if position:
-            scratch.build(source, config, progress=progress, should_stop=None)
-        assert scratch.engine is not None
-        diffs = [_compare(engine, scratch.engine, table) for table in _KEYS]
+        with scratch.claimed("verify"):
+            try:
+                scratch.prepare(resume=False)
+                if position:
+                    scratch.build(source, config, progress=progress, should_stop=None)
+                assert scratch.engine is not None
+                diffs = [_compare(engine, scratch.engine, table) for table in _KEYS]
+            finally:
+                scratch.drop()
     finally:
         source.until = None  # type: ignore[attr-defined]
-        scratch.drop()
     return VerifyReport(position, diffs)
 
 

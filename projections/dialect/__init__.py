@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -111,6 +114,71 @@ def try_lock_writers(connection: sa.Connection, name: str = WRITERS) -> bool:
             ).scalar_one()
         )
     return True
+
+
+@contextmanager
+def claim(engine: sa.Engine, name: str) -> Iterator[bool]:
+    """Hold `name` for this process until the block ends; yields False if another holds it.
+
+    Unlike the writers' lock, it outlives transactions: a rebuild holds its shadow from
+    preparing it to swapping it in. PostgreSQL: a session-level advisory lock on a
+    connection of its own, released with that session if the process dies. SQLite: an
+    exclusive `flock` on a file beside the database, released with the process.
+    """
+    if engine.dialect.name == "postgresql":
+        key = lock_key(f"claim:{name}")
+        with engine.connect() as connection:
+            held = connection.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar_one()
+            connection.commit()  # the lock is the session's: no transaction stays open
+            try:
+                yield bool(held)
+            finally:
+                if held:
+                    try:
+                        connection.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+                        connection.commit()
+                    except sa.exc.SQLAlchemyError:
+                        # Never return to the pool a session that may still hold the lock.
+                        connection.invalidate()
+        return
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield True  # no file: no other process can share this database
+        return
+    with _file_claim(Path(f"{database}.{name}.lock")) as held:
+        yield held
+
+
+@contextmanager
+def _file_claim(path: Path) -> Iterator[bool]:
+    import fcntl  # POSIX only, as is the SQLite write-ahead log this runs beside
+
+    descriptor = _locked_file(path, fcntl)
+    if descriptor is None:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        os.remove(path)  # still locked: whoever opens the path next makes a new file
+        os.close(descriptor)
+
+
+def _locked_file(path: Path, fcntl: Any) -> int | None:
+    """A descriptor of `path` under an exclusive flock, or None if another process has it."""
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+                return descriptor
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)  # its holder removed the file as we opened it: take a new one
 
 
 def lock_key(name: str) -> int:

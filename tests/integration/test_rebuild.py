@@ -779,3 +779,70 @@ def test_live_writers_are_not_held_up_while_a_rebuild_builds(database: Database)
         source.close()
     assert live_could_write == [True]
     assert db.count("customers") > 0
+
+
+def test_a_rebuild_refuses_to_start_while_another_holds_the_shadow(database: Database) -> None:
+    """A second rebuild exits 1 and leaves the running one's shadow and the live model alone."""
+    db = database
+    log = _log(db, 300)
+    db.project(log)
+    before = db.snapshot()
+    running = Shadow(db.engine, ("customers", "contacts", "providers", "channels", "conversations"))
+    with running.claimed("rebuild"):
+        running.prepare(resume=False)
+        with running.engine.begin() as connection:  # type: ignore[union-attr]
+            connection.exec_driver_sql("CREATE TABLE half_built (n integer)")
+            connection.exec_driver_sql("INSERT INTO half_built VALUES (7)")
+        done = _rebuild(db, log)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "another rebuild is using the" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert running.exists()
+        with running.engine.connect() as connection:  # type: ignore[union-attr]
+            held = connection.exec_driver_sql("SELECT n FROM half_built").scalars()
+            assert list(held) == [7]
+    assert db.snapshot() == before
+    running.drop()
+    done = _rebuild(db, log)
+    assert done.returncode == 0, done.stderr
+    assert db.snapshot() == before
+    assert _leftovers(db) == []
+
+
+def test_verify_refuses_to_start_while_another_verify_runs(database: Database) -> None:
+    """Two verifies at once would drop each other's scratch tables: the second exits 1."""
+    from projections.verify import SCRATCH
+
+    db = database
+    log = _log(db, 200)
+    db.project(log)
+    args = ("verify", "--source", str(log), "--database-url", db.url_text)
+    with Shadow(db.engine, ("customers",), name=SCRATCH).claimed("verify"):
+        done = cli(*args)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "another verify is using the" in done.stderr
+        assert _rebuild(db, log).returncode == 0  # a rebuild uses a shadow of its own
+    done = cli(*args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _leftovers(db) == []
+
+
+def test_a_finished_rebuild_lets_the_next_one_claim_the_shadow(database: Database) -> None:
+    """The claim goes with the rebuild, even on the pooled connections of one process."""
+    db = database
+    log = _log(db, 200)
+    for _ in range(2):
+        source = NdjsonSource(log)
+        try:
+            result, report, _ = shadow_rebuild(db.engine, source, db.settings())
+        finally:
+            source.close()
+        assert report is not None and result.position == 200
+    with (
+        pytest.raises(RebuildError, match="boom"),
+        Shadow(db.engine, ("customers",)).claimed("rebuild"),
+    ):
+        raise RebuildError("boom")
+    with Shadow(db.engine, ("customers",)).claimed("rebuild"):
+        pass
+    assert _leftovers(db) == []
