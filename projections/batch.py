@@ -108,6 +108,13 @@ def row_from(table: str, values: dict[str, Any]) -> Row:
     return row
 
 
+class Held(dict[Key, "Row | None"]):
+    """Rows by key; a key not here is a row that does not exist (for a complete table)."""
+
+    def __missing__(self, key: Key) -> None:
+        return None
+
+
 @dataclass
 class Pending:
     """Rows of the batch by table and key; `None` records a row known not to exist."""

@@ -13,14 +13,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from projections import dialect, store
-from projections.batch import Pending
 from projections.config import Settings
 from projections.events import Event, Invalid, Unknown, decode, utc_now
 from projections.fingerprint import current as current_fingerprints
 from projections.fold import (
     Counters,
     Folder,
-    aggregate_keys,
     idempotency_key,
 )
 from projections.resident import Resident
@@ -220,8 +218,8 @@ def one_batch(
                 counters.quarantined += 1
                 quarantined.append(item)
 
-    state = Pending()
-    resident.load(connection, state, aggregate_keys(events))
+    state = resident.pending()
+    resident.load(connection, state, events)
     keys = [k for e in events if (k := idempotency_key(e)) is not None]
     seen_ids, seen_keys = resident.seen_before(connection, [e.event_id for e in events], keys)
     folder = Folder(state, settings.version_mode, source.label, seen_ids, seen_keys, counters)

@@ -27,8 +27,9 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from projections import dialect, store
-from projections.batch import VALUES, Key, Pending, Row, row_from
-from projections.fold import COPIES, IdempotencyKey
+from projections.batch import VALUES, Held, Key, Pending, Row, row_from
+from projections.events import Event
+from projections.fold import COPIES, IdempotencyKey, aggregate_keys
 from projections.store import Checkpoint
 from projections.tables import ENTITY_TABLES, TABLES
 
@@ -85,7 +86,7 @@ class Resident:
         # The run's own table of those strings (sys.intern would keep them for the process
         # on some Python versions; this goes with the run).
         self._strings: dict[str, str] = {}
-        self.rows: dict[str, dict[Key, Row | None]] = {t.name: {} for t in ENTITY_TABLES}
+        self.rows: dict[str, dict[Key, Row | None]] = {t.name: Held() for t in ENTITY_TABLES}
         # Rows changed since the flush; not kept for a table still empty (all its rows are).
         self.dirty: dict[str, set[Key]] = {t.name: set() for t in ENTITY_TABLES}
         self.complete = dict.fromkeys(self.rows, False)
@@ -167,17 +168,29 @@ class Resident:
 
     # --- one batch ------------------------------------------------------------------------
 
-    def load(
-        self, connection: sa.Connection, state: Pending, keys: Iterable[tuple[str, Key]]
-    ) -> None:
-        """Put the rows for `keys` into the batch's state: from here, else from the database.
+    def pending(self) -> Pending:
+        """The state a batch folds into: the held rows themselves while every table is empty.
 
-        The batch folds into the very objects held here; parents' copied columns are
-        noted as they were, to tell which parents changed them (`absorb`).
+        Then every row the run will have is here, and nothing but this run writes the
+        tables (a rebuild's first transaction): a key not held is a row that does not
+        exist, so there is nothing to load per batch and nothing to hand back.
         """
+        if all(self.empty.values()):
+            return Pending(rows=self.rows)
+        return Pending()
+
+    def load(self, connection: sa.Connection, state: Pending, events: list[Event]) -> None:
+        """Put the rows the batch's events may read or change into its state.
+
+        From here, else from the database. The batch folds into the very objects held
+        here; parents' copied columns are noted as they were, to tell which parents
+        changed them (`absorb`).
+        """
+        if state.rows is self.rows:
+            return  # the batch folds into the held rows themselves
         missing: dict[str, set[Key]] = defaultdict(set)
         pending, rows, complete = state.rows, self.rows, self.complete
-        for name, key in keys:
+        for name, key in aggregate_keys(events):
             held = pending[name]
             if key in held:
                 continue
@@ -227,10 +240,15 @@ class Resident:
             self.changed_parents[parent] |= changed
         for name, keys in state.dirty.items():
             kept, pending, shared = self.rows[name], state.rows[name], self._shared
-            for key in keys:
-                row = pending[key]
-                if row is not None:
-                    kept[key] = shared(name, row)
+            if pending is kept:  # folded in place: only the strings to share
+                for key in keys:
+                    if (row := kept[key]) is not None:
+                        shared(name, row)
+            else:
+                for key in keys:
+                    row = pending[key]
+                    if row is not None:
+                        kept[key] = shared(name, row)
             if not self.empty[name]:  # in a table still empty, every row held is changed
                 self.dirty[name] |= keys
 
