@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
@@ -109,17 +109,21 @@ def row_from(table: str, values: dict[str, Any]) -> Row:
 
 
 class Held(dict[Key, "Row | None"]):
-    """Rows by key; a key not here is a row that does not exist (for a complete table)."""
+    """Rows by key; in a complete table, a key not here is a row that does not exist."""
+
+    complete = False
 
     def __missing__(self, key: Key) -> None:
-        return None
+        if self.complete:
+            return None
+        raise KeyError(key)  # not known yet: it must be loaded first
 
 
 @dataclass
 class Pending:
     """Rows of the batch by table and key; `None` records a row known not to exist."""
 
-    rows: dict[str, dict[Key, Row | None]] = field(
+    rows: Mapping[str, dict[Key, Row | None]] = field(
         default_factory=lambda: {t.name: {} for t in ENTITY_TABLES}
     )
     dirty: dict[str, set[Key]] = field(

@@ -86,7 +86,7 @@ class Resident:
         # The run's own table of those strings (sys.intern would keep them for the process
         # on some Python versions; this goes with the run).
         self._strings: dict[str, str] = {}
-        self.rows: dict[str, dict[Key, Row | None]] = {t.name: Held() for t in ENTITY_TABLES}
+        self.rows: dict[str, Held] = {t.name: Held() for t in ENTITY_TABLES}
         # Rows changed since the flush; not kept for a table still empty (all its rows are).
         self.dirty: dict[str, set[Key]] = {t.name: set() for t in ENTITY_TABLES}
         self.complete = dict.fromkeys(self.rows, False)
@@ -145,12 +145,13 @@ class Resident:
             if self.rows[name]:
                 continue
             self.complete[name] = self.empty[name] = _empty(connection, name)
+            self.rows[name].complete = self.complete[name]
 
     def forget(self, *, ledger: bool = True) -> None:
         """Drop every row (after a flush): the database is the only copy again."""
         for name in self.rows:
             self.rows[name].clear()
-            self.complete[name] = self.empty[name] = False
+            self.complete[name] = self.empty[name] = self.rows[name].complete = False
         self._strings.clear()
         if ledger:
             self.ledger = None

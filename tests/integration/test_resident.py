@@ -175,3 +175,42 @@ def test_one_transaction_for_a_whole_rebuild_by_default(
     result = _work(database, path, rebuild, batch_size=3)
     assert written == [1]
     assert result["customers"][0]["version"] == 39
+
+
+def test_a_rebuild_folds_into_the_held_rows_until_its_first_commit(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While every table is empty no batch lists keys to load; after a commit, batches do."""
+    from projections import resident
+
+    path = write_log(
+        database.tmp / "log.ndjson",
+        [ev("CustomerCreated", f"cus_{i}", 1, name="A") for i in range(12)]
+        + [ev("CustomerUpdated", "cus_1", v, changed_fields={"name": f"N{v}"}) for v in (2, 3)],
+    )
+    listed: list[int] = []
+    real = resident.aggregate_keys
+
+    def keys(events: Any) -> Any:
+        listed.append(len(events))
+        return real(events)
+
+    monkeypatch.setattr(resident, "aggregate_keys", keys)
+    once = _work(database, path, rebuild, batch_size=3)
+    assert listed == []
+    every_batch = _work(database, path, rebuild, batch_size=3, commit_seconds=0)
+    assert listed == [3, 3, 3, 2]  # the first batch folds in place, then each one loads
+    assert once == every_batch
+    assert once["customers"][1]["name"] == "N3"
+
+
+def test_a_key_not_loaded_is_not_taken_for_a_missing_row() -> None:
+    """Only a complete table answers "no such row" for a key it does not hold."""
+    from projections.batch import Held
+
+    held = Held()
+    with pytest.raises(KeyError):
+        held["cus_1"]
+    held.complete = True
+    assert held["cus_1"] is None
+    assert "cus_1" not in held  # answering adds nothing
