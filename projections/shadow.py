@@ -18,7 +18,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,16 +99,28 @@ class Shadow:
             probe.dispose()
 
     @contextmanager
-    def claimed(self, task: str) -> Iterator[None]:
+    def claimed(self, task: str) -> Iterator[dialect.Claim]:
         """Hold this shadow until the block ends; refuse if another process holds it."""
-        with dialect.claim(self.live, self.name) as held:
-            if not held:
-                where = f"schema {self.name}" if self.postgres else f"file {self.path}"
+        where = f"schema {self.name}" if self.postgres else f"file {self.path}"
+        with ExitStack() as stack:
+            try:
+                claim = stack.enter_context(dialect.claim(self.live, self.name))
+            except OSError as exc:  # the SQLite lock file: permissions, no locks on this disk
+                raise RebuildError(f"cannot lock the {where}: {exc.strerror or exc}") from None
+            if claim is None:
                 raise RebuildError(
                     f"another {task} is using the {where} of this database: wait for it to "
                     "end, or stop it first"
                 )
-            yield
+            yield claim
+
+    def lost(self, task: str) -> RebuildError:
+        """The error of a build whose claim on the shadow ended under it."""
+        where = f"schema {self.name}" if self.postgres else f"file {self.path}"
+        return RebuildError(
+            f"the {task} lost its hold on the {where} (its database session ended, or the "
+            "lock file was removed): nothing was swapped in, and the shadow is left as it is"
+        )
 
     def prepare(self, *, resume: bool) -> bool:
         """Create an empty shadow (or keep the one there when resuming); True if resumed."""
@@ -534,7 +546,7 @@ def shadow_rebuild(
     """Rebuild into a shadow and swap it in; the live model is untouched until the swap."""
     shadow = Shadow(engine, projectors or tuple(PROJECTOR_TABLES))
     # Held from preparing to swapping: a second rebuild would drop this one's shadow.
-    with shadow.claimed("rebuild"):
+    with shadow.claimed("rebuild") as claim:
         try:
             resumed = shadow.prepare(resume=resume)
             result = shadow.build(source, config, progress=progress, should_stop=should_stop)
@@ -542,8 +554,13 @@ def shadow_rebuild(
                 if shadow.engine is not None:
                     shadow.engine.dispose()
                 return result, None, resumed  # kept for --resume
+            if not claim.held():
+                raise shadow.lost("rebuild")
             report = shadow.swap(source, config, keep_old=keep_old)
         except BaseException:
-            shadow.drop()
+            if claim.held():  # else the shadow may be another rebuild's by now
+                shadow.drop()
+            elif shadow.engine is not None:
+                shadow.engine.dispose()
             raise
     return result, report, resumed

@@ -105,15 +105,20 @@ def verify(
     source.until = cursors.pop()  # type: ignore[attr-defined]
     scratch = Shadow(engine, tuple(PROJECTOR_TABLES), name=SCRATCH)
     try:
-        with scratch.claimed("verify"):
+        with scratch.claimed("verify") as claim:
             try:
                 scratch.prepare(resume=False)
                 if position:
                     scratch.build(source, config, progress=progress, should_stop=None)
+                if not claim.held():
+                    raise scratch.lost("verify")
                 assert scratch.engine is not None
                 diffs = [_compare(engine, scratch.engine, table) for table in _KEYS]
             finally:
-                scratch.drop()
+                if claim.held():
+                    scratch.drop()
+                elif scratch.engine is not None:
+                    scratch.engine.dispose()
     finally:
         source.until = None  # type: ignore[attr-defined]
     return VerifyReport(position, diffs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -116,52 +116,88 @@ def try_lock_writers(connection: sa.Connection, name: str = WRITERS) -> bool:
     return True
 
 
+class Claim:
+    """A name this process holds (see `claim`); `held` tells whether it still does."""
+
+    def __init__(self, check: Callable[[], bool]) -> None:
+        self._check = check
+
+    def held(self) -> bool:
+        """True while the claim is this process's: its session (or lock file) is still there."""
+        return self._check()
+
+
 @contextmanager
-def claim(engine: sa.Engine, name: str) -> Iterator[bool]:
-    """Hold `name` for this process until the block ends; yields False if another holds it.
+def claim(engine: sa.Engine, name: str) -> Iterator[Claim | None]:
+    """Hold `name` for this process until the block ends; yields None if another holds it.
 
     Unlike the writers' lock, it outlives transactions: a rebuild holds its shadow from
     preparing it to swapping it in. PostgreSQL: a session-level advisory lock on a
-    connection of its own, released with that session if the process dies. SQLite: an
-    exclusive `flock` on a file beside the database, released with the process.
+    connection of its own, released with that session (so a session that ends, killed
+    or timed out, loses it: `Claim.held` says so). SQLite: an exclusive `flock` on a
+    file beside the database, released with the process.
     """
     if engine.dialect.name == "postgresql":
-        key = lock_key(f"claim:{name}")
         with engine.connect() as connection:
-            held = connection.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar_one()
-            connection.commit()  # the lock is the session's: no transaction stays open
-            try:
-                yield bool(held)
-            finally:
-                if held:
-                    try:
-                        connection.execute(sa.select(sa.func.pg_advisory_unlock(key)))
-                        connection.commit()
-                    except sa.exc.SQLAlchemyError:
-                        # Never return to the pool a session that may still hold the lock.
-                        connection.invalidate()
+            yield from _session_claim(connection, lock_key(f"claim:{name}"))
         return
     database = engine.url.database
     if not database or database == ":memory:":
-        yield True  # no file: no other process can share this database
+        yield Claim(lambda: True)  # no file: no other process can share this database
         return
-    with _file_claim(Path(f"{database}.{name}.lock")) as held:
-        yield held
+    yield from _file_claim(Path(f"{database}.{name}.lock"))
 
 
-@contextmanager
-def _file_claim(path: Path) -> Iterator[bool]:
+def _session_claim(connection: sa.Connection, key: int) -> Iterator[Claim | None]:
+    if (connection.dialect.server_version_info or (0,)) >= (14,):
+        connection.exec_driver_sql("SET idle_session_timeout = 0")  # it sits idle for hours
+    held = connection.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar_one()
+    connection.commit()  # the lock is the session's: no transaction stays open
+    if not held:
+        yield None
+        return
+
+    def alive() -> bool:
+        try:
+            connection.execute(sa.select(sa.literal(1)))
+            connection.commit()
+        except sa.exc.SQLAlchemyError:
+            return False
+        return True
+
+    try:
+        yield Claim(alive)
+    finally:
+        try:
+            connection.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+            connection.commit()
+        except sa.exc.SQLAlchemyError:
+            # Never return to the pool a session that may still hold the lock.
+            connection.invalidate()
+
+
+def _file_claim(path: Path) -> Iterator[Claim | None]:
     import fcntl  # POSIX only, as is the SQLite write-ahead log this runs beside
 
     descriptor = _locked_file(path, fcntl)
     if descriptor is None:
-        yield False
+        yield None
         return
+
+    def ours() -> bool:  # removed, or replaced by another process's file: no longer held
+        try:
+            return os.stat(path).st_ino == os.fstat(descriptor).st_ino
+        except FileNotFoundError:
+            return False
+
     try:
-        yield True
+        yield Claim(ours)
     finally:
-        os.remove(path)  # still locked: whoever opens the path next makes a new file
-        os.close(descriptor)
+        try:
+            if ours():
+                os.remove(path)  # still locked: whoever opens the path next makes a new file
+        finally:
+            os.close(descriptor)
 
 
 def _locked_file(path: Path, fcntl: Any) -> int | None:
@@ -173,6 +209,9 @@ def _locked_file(path: Path, fcntl: Any) -> int | None:
         except BlockingIOError:
             os.close(descriptor)
             return None
+        except OSError:
+            os.close(descriptor)
+            raise
         try:
             if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
                 return descriptor

@@ -827,8 +827,28 @@ def test_verify_refuses_to_start_while_another_verify_runs(database: Database) -
     assert _leftovers(db) == []
 
 
+def _advisory_holders(db: Database, name: str) -> list[int]:
+    """Backends of this database holding the session claim on `name` (PostgreSQL)."""
+    from projections.dialect import lock_key
+
+    unsigned = lock_key(f"claim:{name}") & 0xFFFFFFFFFFFFFFFF
+    with db.engine.connect() as connection:
+        return list(
+            connection.execute(
+                sa.text(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = "
+                    "current_database()) AND classid::bigint = :high AND objid::bigint = :low"
+                ),
+                {"high": unsigned >> 32, "low": unsigned & 0xFFFFFFFF},
+            ).scalars()
+        )
+
+
 def test_a_finished_rebuild_lets_the_next_one_claim_the_shadow(database: Database) -> None:
     """The claim goes with the rebuild, even on the pooled connections of one process."""
+    from projections.db import create_engine
+
     db = database
     log = _log(db, 200)
     for _ in range(2):
@@ -843,6 +863,44 @@ def test_a_finished_rebuild_lets_the_next_one_claim_the_shadow(database: Databas
         Shadow(db.engine, ("customers",)).claimed("rebuild"),
     ):
         raise RebuildError("boom")
-    with Shadow(db.engine, ("customers",)).claimed("rebuild"):
-        pass
+    if db.kind == "postgres":
+        assert _advisory_holders(db, "projections_shadow") == []
+    other = create_engine(db.url)  # another pool: a leaked session lock would refuse it
+    try:
+        with Shadow(other, ("customers",)).claimed("rebuild"):
+            pass
+    finally:
+        other.dispose()
+    assert _leftovers(db) == []
+
+
+def test_a_rebuild_that_loses_its_claim_swaps_nothing_and_drops_nothing(
+    database: Database,
+) -> None:
+    """Its session killed (or its lock file removed) mid-build: a clear error, no swap."""
+    db = database
+    db.project(_log(db, 100))
+    before = db.snapshot()
+    log = _log(db, 1500, name="rebuild.ndjson")
+
+    def lose_the_claim(*_: Any) -> None:
+        if db.kind == "postgres":
+            with db.engine.connect() as connection:
+                for pid in _advisory_holders(db, "projections_shadow"):
+                    connection.execute(sa.select(sa.func.pg_terminate_backend(pid)))
+        else:
+            lock = db.tmp / "projections.db.projections_shadow.lock"
+            if lock.exists():
+                lock.unlink()
+
+    source = NdjsonSource(log)
+    try:
+        with pytest.raises(RebuildError, match="lost its hold on the"):
+            shadow_rebuild(db.engine, source, db.settings(batch_size=100), progress=lose_the_claim)
+    finally:
+        source.close()
+    assert db.snapshot() == before
+    assert Shadow(db.engine, ("customers",)).exists()  # another rebuild's, for all it knows
+    done = _rebuild(db, log)
+    assert done.returncode == 0, done.stderr
     assert _leftovers(db) == []

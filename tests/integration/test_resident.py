@@ -14,7 +14,7 @@ from projections import dialect, store
 from projections.config import VersionMode
 from projections.generator import Noise, generate
 from projections.projector import catch_up, rebuild
-from projections.resident import LedgerFilter
+from projections.resident import LedgerFilter, Resident
 from projections.sources.ndjson import NdjsonSource
 from tests.helpers import Database, append_log, ev, write_log
 
@@ -182,6 +182,7 @@ def test_a_rebuild_folds_into_the_held_rows_until_its_first_commit(
 ) -> None:
     """While every table is empty no batch lists keys to load; after a commit, batches do."""
     from projections import resident
+    from projections.fold import aggregate_keys
 
     path = write_log(
         database.tmp / "log.ndjson",
@@ -189,11 +190,10 @@ def test_a_rebuild_folds_into_the_held_rows_until_its_first_commit(
         + [ev("CustomerUpdated", "cus_1", v, changed_fields={"name": f"N{v}"}) for v in (2, 3)],
     )
     listed: list[int] = []
-    real = resident.aggregate_keys
 
     def keys(events: Any) -> Any:
         listed.append(len(events))
-        return real(events)
+        return aggregate_keys(events)
 
     monkeypatch.setattr(resident, "aggregate_keys", keys)
     once = _work(database, path, rebuild, batch_size=3)
@@ -214,3 +214,8 @@ def test_a_key_not_loaded_is_not_taken_for_a_missing_row() -> None:
     held.complete = True
     assert held["cus_1"] is None
     assert "cus_1" not in held  # answering adds nothing
+    run = Resident()
+    run.rows["customers"].complete = True
+    run.forget()  # what the run knew is gone: the table must be loaded again
+    with pytest.raises(KeyError):
+        run.rows["customers"]["cus_1"]
