@@ -89,7 +89,6 @@ class Resident:
         self.rows: dict[str, Held] = {t.name: Held() for t in ENTITY_TABLES}
         # Rows changed since the flush; not kept for a table still empty (all its rows are).
         self.dirty: dict[str, set[Key]] = {t.name: set() for t in ENTITY_TABLES}
-        self.complete = dict.fromkeys(self.rows, False)
         self.empty = dict.fromkeys(self.rows, False)  # nothing of this run's in the table yet
         self.changed_parents: dict[str, set[Key]] = defaultdict(set)
         self.ledger: LedgerFilter | None = None  # set while the ledger holds only this run's
@@ -144,14 +143,13 @@ class Resident:
         for name in self.rows:
             if self.rows[name]:
                 continue
-            self.complete[name] = self.empty[name] = _empty(connection, name)
-            self.rows[name].complete = self.complete[name]
+            self.rows[name].complete = self.empty[name] = _empty(connection, name)
 
     def forget(self, *, ledger: bool = True) -> None:
         """Drop every row (after a flush): the database is the only copy again."""
         for name in self.rows:
             self.rows[name].clear()
-            self.complete[name] = self.empty[name] = self.rows[name].complete = False
+            self.rows[name].complete = self.empty[name] = False
         self._strings.clear()
         if ledger:
             self.ledger = None
@@ -190,14 +188,14 @@ class Resident:
         if state.rows is self.rows:
             return  # the batch folds into the held rows themselves
         missing: dict[str, set[Key]] = defaultdict(set)
-        pending, rows, complete = state.rows, self.rows, self.complete
+        pending, rows = state.rows, self.rows
         for name, key in aggregate_keys(events):
             held = pending[name]
             if key in held:
                 continue
             row = rows[name].get(key, _UNKNOWN)
             if row is _UNKNOWN:
-                if not complete[name]:
+                if not rows[name].complete:
                     missing[name].add(key)
                     continue
                 row = None
@@ -279,7 +277,7 @@ class Resident:
             keys.clear()
         for child, reference, parent, columns in COPIES:
             changed = self.changed_parents.get(parent)
-            if not changed or self.complete[child]:
+            if not changed or self.rows[child].complete:
                 continue  # a complete child table had all its rows refreshed above
             # Child rows never loaded by this run still hold the old values.
             names = tuple(sorted(columns))
@@ -319,7 +317,7 @@ class Resident:
                         if row is not None and getattr(row, reference) in changed
                     )
                 targets = [(key, children[key]) for key in keys]
-            if not self.complete[parent]:
+            if not self.rows[parent].complete:
                 wanted: set[Key] = set()
                 for _, row in targets:
                     if row is not None:

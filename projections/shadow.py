@@ -98,27 +98,30 @@ class Shadow:
         finally:
             probe.dispose()
 
+    @property
+    def where(self) -> str:
+        """Where the shadow lives, as messages name it."""
+        return f"schema {self.name}" if self.postgres else f"file {self.path}"
+
     @contextmanager
     def claimed(self, task: str) -> Iterator[dialect.Claim]:
         """Hold this shadow until the block ends; refuse if another process holds it."""
-        where = f"schema {self.name}" if self.postgres else f"file {self.path}"
         with ExitStack() as stack:
             try:
                 claim = stack.enter_context(dialect.claim(self.live, self.name))
             except OSError as exc:  # the SQLite lock file: permissions, no locks on this disk
-                raise RebuildError(f"cannot lock the {where}: {exc.strerror or exc}") from None
+                raise RebuildError(f"cannot lock the {self.where}: {exc.strerror or exc}") from None
             if claim is None:
                 raise RebuildError(
-                    f"another {task} is using the {where} of this database: wait for it to "
+                    f"another {task} is using the {self.where} of this database: wait for it to "
                     "end, or stop it first"
                 )
             yield claim
 
     def lost(self, task: str) -> RebuildError:
         """The error of a build whose claim on the shadow ended under it."""
-        where = f"schema {self.name}" if self.postgres else f"file {self.path}"
         return RebuildError(
-            f"the {task} lost its hold on the {where} (its database session ended, or the "
+            f"the {task} lost its hold on the {self.where} (its database session ended, or the "
             "lock file was removed): nothing was swapped in, and the shadow is left as it is"
         )
 

@@ -904,3 +904,21 @@ def test_a_rebuild_that_loses_its_claim_swaps_nothing_and_drops_nothing(
     done = _rebuild(db, log)
     assert done.returncode == 0, done.stderr
     assert _leftovers(db) == []
+
+
+def test_a_lock_file_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:
+    """SQLite only (PostgreSQL has no lock file): exit 1 with the file's name, no traceback."""
+    database = tmp_path / "projections.db"
+    url = f"sqlite:///{database}"
+    log = tmp_path / "log.ndjson"
+    log.write_bytes(b"".join(generate(100, seed=3)))
+    assert cli("run", "--source", str(log), "--database-url", url).returncode == 0
+    blocker = tmp_path / "projections.db.projections_shadow.lock"
+    blocker.mkdir()  # a directory where the lock file goes: it cannot be opened for writing
+    done = cli("rebuild", "--source", str(log), "--database-url", url)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot lock the file" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert blocker.is_dir()  # nothing of the first claimant's was removed
+    blocker.rmdir()
+    assert cli("rebuild", "--source", str(log), "--database-url", url).returncode == 0
