@@ -133,6 +133,18 @@ class Pending:
     # as they were before the batch, for the rows that existed then. Left out for a
     # parent whose children are all held and written whole (a table the run began empty).
     original: dict[str, dict[Key, Any]] = field(default_factory=dict)
+    # The run's table of repeated strings (owners, reasons): see `share`.
+    strings: dict[str, str] = field(default_factory=dict)
+
+    def share(self, value: str | None) -> str | None:
+        """The run's one copy of a string that repeats across rows, kept as rows get it.
+
+        Handlers pass owner ids and reasons through here as they set them: each event
+        brings its own copy, and a row would otherwise keep that one for good.
+        """
+        if value is None:
+            return None
+        return self.strings.setdefault(value, value)
 
     def get(self, table: str, key: Key) -> Row | None:
         """The current pending row, or None if it does not exist (it must have been loaded)."""

@@ -32,6 +32,17 @@ _OCCURRED_AT = re.compile(  # no capture groups: a third faster, and nothing rea
     re.ASCII,  # \d must not match other scripts' digits
 )
 _AGGREGATE_TYPES: Final = {f.aggregate_type.lower(): f.aggregate_type for f in FAMILIES}
+# Every allowed value of an enumerated field, as one string object: each row that holds
+# "open" or "sms" holds this object, not the copy of the event that set it.
+ENUMERATED: Final = {v: v for v in (*PROVIDER_KINDS, *CHANNEL_KINDS, *CONVERSATION_STATUSES)}
+_CHOICES: Final = {
+    rule: {v: ENUMERATED[v] for v in values}
+    for rule, values in (
+        ("provider_kind", PROVIDER_KINDS),
+        ("channel_kind", CHANNEL_KINDS),
+        ("conversation_status", CONVERSATION_STATUSES),
+    )
+}
 _FORBIDDEN_CHANGES: Final = ("customer_id", "status")
 _INDEXED: Final = frozenset(
     {
@@ -336,16 +347,19 @@ def _check(name: str, key: str, rule: FieldRule, value: Any) -> Any:
         if value is not None and not isinstance(value, str):
             raise _Reject("invalid_field", f"{name}.{key} must be a string or null")
     elif kind == "provider_kind":
-        if value not in PROVIDER_KINDS:
+        if (choice := _choice(kind, value)) is None:
             raise _Reject("invalid_kind", f"{name}.kind {value!r} is not one of {PROVIDER_KINDS}")
+        return choice
     elif kind == "channel_kind":
-        if value not in CHANNEL_KINDS:
+        if (choice := _choice(kind, value)) is None:
             raise _Reject("invalid_kind", f"{name}.kind {value!r} is not one of {CHANNEL_KINDS}")
+        return choice
     elif kind == "conversation_status":
-        if value not in CONVERSATION_STATUSES:
+        if (choice := _choice(kind, value)) is None:
             raise _Reject(
                 "invalid_status", f"{name}.status {value!r} is not one of {CONVERSATION_STATUSES}"
             )
+        return choice
     elif kind == "participants":
         if not isinstance(value, list) or not all(
             isinstance(p, str) and p and len(p) <= MAX_KEY for p in value
@@ -361,6 +375,11 @@ def _check(name: str, key: str, rule: FieldRule, value: Any) -> Any:
             "changed_fields must be a non-empty object or a non-empty list of field names",
         )
     return value
+
+
+def _choice(rule: str, value: Any) -> str | None:
+    """The shared string for an allowed value of an enumerated field; None if not allowed."""
+    return _CHOICES[rule].get(value) if value.__class__ is str else None
 
 
 def _changes(
@@ -386,10 +405,11 @@ def _changes(
         if key not in family.updatable:
             extra[key] = value
         elif key == "kind":
-            kinds = PROVIDER_KINDS if family.name == "providers" else CHANNEL_KINDS
-            if value not in kinds:
+            rule = "provider_kind" if family.name == "providers" else "channel_kind"
+            if (choice := _choice(rule, value)) is None:
+                kinds = PROVIDER_KINDS if family.name == "providers" else CHANNEL_KINDS
                 raise _Reject("invalid_kind", f"changed kind {value!r} is not one of {kinds}")
-            columns[key] = value
+            columns[key] = choice
         elif value is None or isinstance(value, str):
             if value is not None and key in _INDEXED and len(value) > MAX_KEY:
                 raise _Reject(

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from projections import dialect, store
 from projections.batch import VALUES, Held, Key, Pending, Row, row_from
-from projections.events import Event
+from projections.events import ENUMERATED, Event
 from projections.fold import COPIES, IdempotencyKey, aggregate_keys
 from projections.store import Checkpoint
 from projections.tables import ENTITY_TABLES, TABLES
@@ -85,7 +85,7 @@ class Resident:
         }
         # The run's own table of those strings (sys.intern would keep them for the process
         # on some Python versions; this goes with the run).
-        self._strings: dict[str, str] = {}
+        self._strings: dict[str, str] = dict(ENUMERATED)
         self.rows: dict[str, Held] = {t.name: Held() for t in ENTITY_TABLES}
         # Rows changed since the flush; not kept for a table still empty (all its rows are).
         self.dirty: dict[str, set[Key]] = {t.name: set() for t in ENTITY_TABLES}
@@ -150,7 +150,7 @@ class Resident:
         for name in self.rows:
             self.rows[name].clear()
             self.rows[name].complete = self.empty[name] = False
-        self._strings.clear()
+        self._strings = dict(ENUMERATED)
         if ledger:
             self.ledger = None
 
@@ -175,8 +175,8 @@ class Resident:
         exist, so there is nothing to load per batch and nothing to hand back.
         """
         if all(self.empty.values()):
-            return Pending(rows=self.rows)
-        return Pending()
+            return Pending(rows=self.rows, strings=self._strings)
+        return Pending(strings=self._strings)
 
     def load(self, connection: sa.Connection, state: Pending, events: list[Event]) -> None:
         """Put the rows the batch's events may read or change into its state.
@@ -237,22 +237,21 @@ class Resident:
                 if row is not None and original.get(key, _UNKNOWN) != pick(row):
                     changed.add(key)
             self.changed_parents[parent] |= changed
+        if state.rows is self.rows:
+            return  # folded in place, into tables still empty: every row held is changed
         for name, keys in state.dirty.items():
-            kept, pending, shared = self.rows[name], state.rows[name], self._shared
-            if pending is kept:  # folded in place: only the strings to share
-                for key in keys:
-                    if (row := kept[key]) is not None:
-                        shared(name, row)
-            else:
-                for key in keys:
-                    row = pending[key]
-                    if row is not None:
-                        kept[key] = shared(name, row)
+            kept, pending = self.rows[name], state.rows[name]
+            for key in keys:
+                if (row := pending[key]) is not None:
+                    kept[key] = row
             if not self.empty[name]:  # in a table still empty, every row held is changed
                 self.dirty[name] |= keys
 
     def _shared(self, name: str, row: Row) -> Row:
-        """Make `row` hold one object per distinct value of its few-valued columns."""
+        """Make a row read back hold one object per distinct value of its few-valued columns.
+
+        Handlers share the values they set themselves (`Pending.share`).
+        """
         strings = self._strings
         for column in self._few[name]:
             if (value := getattr(row, column)).__class__ is str:

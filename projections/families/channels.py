@@ -14,7 +14,7 @@ def on_channel_mapped(state: Pending, event: Event) -> Outcome:
     row = entity(state, event)
     for name in _MAPPED_FIELDS:
         setattr(row, name, event.fields[name])
-    set_status(row, "mapped", event)
+    set_status(state, row, "mapped", event)
     return APPLIED
 
 
@@ -26,7 +26,7 @@ def on_channel_updated(state: Pending, event: Event) -> Outcome:
 
 def on_channel_unmapped(state: Pending, event: Event) -> Outcome:
     """The channel is unmapped; the row stays."""
-    set_status(entity(state, event), "unmapped", event)
+    set_status(state, entity(state, event), "unmapped", event)
     return APPLIED
 
 

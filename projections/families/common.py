@@ -28,14 +28,14 @@ def entity(state: Pending, event: Event) -> Row:
     """The aggregate's pending row, created with what the event carries when missing."""
     row, created = state.upsert(event.family.table, event.aggregate_id)
     if created and "customer_id" in event.fields and event.family.id_field != "customer_id":
-        row.customer_id = event.fields["customer_id"]
+        row.customer_id = state.share(event.fields["customer_id"])
     return row
 
 
-def set_status(row: Row, status: str, event: Event) -> None:
+def set_status(state: Pending, row: Row, status: str, event: Event) -> None:
     """Set a status and its reason (null when the event gives none)."""
-    row.status = status
-    row.status_reason = event.fields.get("reason")
+    row.status = state.share(status)
+    row.status_reason = state.share(event.fields.get("reason"))
 
 
 def apply_changes(row: Row, event: Event) -> None:

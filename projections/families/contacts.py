@@ -21,7 +21,7 @@ def on_contact_created(state: Pending, event: Event) -> Outcome:
     row = entity(state, event)
     if "display_name" in event.fields:
         row.display_name = event.fields["display_name"]
-    set_status(row, "active", event)
+    set_status(state, row, "active", event)
     row.deleted_at = None
     return APPLIED
 
@@ -41,7 +41,7 @@ def on_contact_deleted(state: Pending, event: Event) -> Outcome:
     if current is not None and current.status == "deleted":
         return NOOP
     row = entity(state, event)
-    set_status(row, "deleted", event)
+    set_status(state, row, "deleted", event)
     row.deleted_at = event.occurred_at
     return APPLIED
 

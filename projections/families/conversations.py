@@ -36,7 +36,7 @@ def on_conversation_created(state: Pending, event: Event) -> Outcome:
     if "topic" in event.fields:
         row.topic = event.fields["topic"]
     status = event.fields["status"]
-    set_status(row, status, event)
+    set_status(state, row, status, event)
     row.closed_at = event.occurred_at if status == "closed" else None
     row.archived_at = event.occurred_at if status == "archived" else None
     for participant_id in dict.fromkeys(event.fields.get("participant_ids", ())):
@@ -60,7 +60,7 @@ def on_conversation_closed(state: Pending, event: Event) -> Outcome:
     if current is not None and current.status == "closed":
         return NOOP
     row = entity(state, event)
-    set_status(row, "closed", event)
+    set_status(state, row, "closed", event)
     row.closed_at = event.occurred_at
     return APPLIED
 
@@ -73,7 +73,7 @@ def on_conversation_reopened(state: Pending, event: Event) -> Outcome:
     if current is not None and current.status == "open":
         return NOOP
     row = entity(state, event)
-    set_status(row, "open", event)
+    set_status(state, row, "open", event)
     row.closed_at = None
     return APPLIED
 
@@ -84,7 +84,7 @@ def on_conversation_archived(state: Pending, event: Event) -> Outcome:
     if current is not None and current.status == "archived":
         return NOOP
     row = entity(state, event)
-    set_status(row, "archived", event)
+    set_status(state, row, "archived", event)
     row.archived_at = event.occurred_at
     return APPLIED
 

@@ -11,7 +11,7 @@ def on_customer_created(state: Pending, event: Event) -> Outcome:
     """A customer exists, enabled, with its name."""
     row = entity(state, event)
     row.name = event.fields["name"]
-    set_status(row, "enabled", event)
+    set_status(state, row, "enabled", event)
     return APPLIED
 
 
@@ -23,13 +23,13 @@ def on_customer_updated(state: Pending, event: Event) -> Outcome:
 
 def on_customer_enabled(state: Pending, event: Event) -> Outcome:
     """The customer is enabled, with the reason given."""
-    set_status(entity(state, event), "enabled", event)
+    set_status(state, entity(state, event), "enabled", event)
     return APPLIED
 
 
 def on_customer_disabled(state: Pending, event: Event) -> Outcome:
     """The customer is disabled, with the reason given."""
-    set_status(entity(state, event), "disabled", event)
+    set_status(state, entity(state, event), "disabled", event)
     return APPLIED
 
 

@@ -11,7 +11,7 @@ def on_provider_configured(state: Pending, event: Event) -> Outcome:
     """A provider of a kind exists, configured."""
     row = entity(state, event)
     row.kind = event.fields["kind"]
-    set_status(row, "configured", event)
+    set_status(state, row, "configured", event)
     return APPLIED
 
 
@@ -23,13 +23,13 @@ def on_provider_updated(state: Pending, event: Event) -> Outcome:
 
 def on_provider_enabled(state: Pending, event: Event) -> Outcome:
     """The provider is enabled."""
-    set_status(entity(state, event), "enabled", event)
+    set_status(state, entity(state, event), "enabled", event)
     return APPLIED
 
 
 def on_provider_disabled(state: Pending, event: Event) -> Outcome:
     """The provider is disabled, with the reason given."""
-    set_status(entity(state, event), "disabled", event)
+    set_status(state, entity(state, event), "disabled", event)
     return APPLIED
 
 

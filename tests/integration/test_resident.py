@@ -219,3 +219,47 @@ def test_a_key_not_loaded_is_not_taken_for_a_missing_row() -> None:
     run.forget()  # what the run knew is gone: the table must be loaded again
     with pytest.raises(KeyError):
         run.rows["customers"]["cus_1"]
+
+
+@pytest.mark.parametrize("first", [0, 150])
+def test_rows_hold_one_string_per_repeated_value(
+    database: Database, monkeypatch: pytest.MonkeyPatch, first: int
+) -> None:
+    """Owners, statuses, reasons and kinds that repeat across rows are one object each.
+
+    Every event brings its own copy of such a string; rows held for a whole run must not
+    keep one each. `first` events are committed before the run, which then reads rows back.
+    """
+    from projections import projector
+
+    runs: list[Resident] = []
+
+    class Recorded(Resident):
+        def __init__(self) -> None:
+            super().__init__()
+            runs.append(self)
+
+    monkeypatch.setattr(projector, "Resident", Recorded)
+    lines = list(generate(400, seed=7, noise=Noise.default()))
+    path = write_log(database.tmp / "log.ndjson", lines[:first])
+    _work(database, path, rebuild)
+    append_log(path, lines[first:])
+    _work(database, path, catch_up)
+    held = runs[-1].rows
+    repeated = 0
+    for name, rows in held.items():
+        for column in (
+            "customer_id",
+            "status",
+            "status_reason",
+            "kind",
+            "provider_kind",
+            "channel_kind",
+        ):
+            objects: dict[str, set[int]] = {}
+            for row in rows.values():
+                if row is not None and isinstance(value := getattr(row, column, None), str):
+                    objects.setdefault(value, set()).add(id(value))
+            assert all(len(ids) == 1 for ids in objects.values()), (name, column)
+            repeated += sum(1 for v in objects.values() if v)
+    assert repeated > 20 and sum(len(rows) for rows in held.values()) > 100
