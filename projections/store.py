@@ -93,7 +93,7 @@ def write_records(
 ) -> None:
     """Append the batch's ledger, anomalies and quarantine (its rows wait for the flush)."""
     if ledger:
-        dialect.write_values(connection, _PROCESSED, ledger, upsert=False)
+        dialect.append_values(connection, _PROCESSED, ledger)
     dialect.write_rows(connection, _ANOMALIES, anomalies, upsert=False)
     dialect.insert_ignoring_conflicts(
         connection,

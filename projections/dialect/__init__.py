@@ -60,6 +60,19 @@ def write_values(
     _bulk(connection).write_values(connection, table, rows, upsert=upsert)
 
 
+def append_values(
+    connection: sa.Connection, table: sa.Table, rows: Sequence[Sequence[Any]]
+) -> None:
+    """Insert rows given as values in the table's column order, for a background write.
+
+    Like `write_values` without upsert, but the database library does the work with the
+    interpreter's lock released: a write on another thread does not take turns with the
+    fold on the main one row by row.
+    """
+    if rows:
+        _bulk(connection).append_values(connection, table, rows)
+
+
 def update_copies(
     connection: sa.Connection,
     child: str,

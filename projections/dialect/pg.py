@@ -88,6 +88,13 @@ def write_values(
     _copy(connection, table, columns, map(values_writer(table, "postgresql"), rows), upsert=upsert)
 
 
+def append_values(
+    connection: sa.Connection, table: sa.Table, rows: Sequence[Sequence[Any]]
+) -> None:
+    """COPY rows in (psycopg sends them while the server works on the other core)."""
+    write_values(connection, table, rows, upsert=False)
+
+
 def _copy(
     connection: sa.Connection,
     table: sa.Table,

@@ -86,3 +86,35 @@ def test_binary_copy_sends_every_column_in_its_own_type(postgres_database: Datab
             ]
             expected = [same_format.get(migrated[c], migrated[c]) for c in columns]
             assert sent == expected, name
+
+
+def test_rows_appended_in_the_background_come_back_unchanged(database: Database) -> None:
+    """The ledger's background write (one JSON array per statement on SQLite) keeps every
+    value as given: quotes, backslashes, non-ASCII and JSON-looking text, nulls, the widest
+    positions, and more rows than one statement takes."""
+    from projections import dialect
+    from projections.tables import TABLES
+
+    awkward = ['a"b', "back\\slash", "ünï😀", '{"x": [1]}', "null", "  ", "1e3", "\t\n"]
+    rows = [
+        (
+            f"evt_{i:06d}_{awkward[i % len(awkward)]}",
+            "contacts",
+            awkward[(i + 3) % len(awkward)],
+            None if i % 3 == 0 else awkward[(i + 5) % len(awkward)],
+            2**63 - 1 - i if i % 2 else i,
+        )
+        for i in range(12_345)
+    ]
+    table = TABLES["processed_events"]
+    with database.engine.begin() as connection:
+        dialect.append_values(connection, table, rows)
+        dialect.append_values(connection, table, [])
+    with database.engine.connect() as connection:
+        found = connection.execute(
+            sa.text(
+                "SELECT event_id, projector, aggregate_id, idempotency_key, position "
+                "FROM processed_events"
+            )
+        ).all()
+    assert sorted(tuple(r) for r in found) == sorted(rows)
