@@ -73,9 +73,8 @@ class Folder:
     ledger: list[LedgerEntry] = field(default_factory=list)
     anomalies: list[dict[str, Any]] = field(default_factory=list)
 
-    def apply(self, event: Event) -> str:
-        """Apply one event and return its outcome name."""
-        key = idempotency_key(event)
+    def apply(self, event: Event, key: IdempotencyKey | None) -> str:
+        """Apply one event (`key`: its `idempotency_key`) and return its outcome name."""
         if event.event_id in self.seen_ids or (key is not None and key in self.seen_keys):
             self.counters.duplicate += 1
             return "duplicate"

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,6 +27,7 @@ from projections.sources import Source, SourceBatch
 from projections.store import Checkpoint
 
 ProgressCallback = Callable[[SourceBatch, Counters], None]
+_OCCURRED_AT = attrgetter("occurred_at")
 FINGERPRINTS = current_fingerprints()
 
 
@@ -220,15 +222,16 @@ def one_batch(
 
     state = resident.pending()
     resident.load(connection, state, events)
-    keys = [k for e in events if (k := idempotency_key(e)) is not None]
+    triples = [idempotency_key(e) for e in events]  # each event's, None without a key
+    keys = [k for k in triples if k is not None]
     seen_ids, seen_keys = resident.seen_before(connection, [e.event_id for e in events], keys)
     folder = Folder(state, settings.version_mode, source.label, seen_ids, seen_keys, counters)
     last_ids: dict[str, str] = {}
-    for event in events:
-        counters.read += 1
-        folder.apply(event)
+    counters.read += len(events)
+    for event, key in zip(events, triples, strict=True):
+        folder.apply(event, key)
         last_ids[event.family.name] = event.event_id
-    newest = max((e.occurred_at for e in events), default=None)
+    newest = max(map(_OCCURRED_AT, events), default=None)
     resident.absorb(state)
 
     now = utc_now()
