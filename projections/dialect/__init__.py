@@ -65,9 +65,9 @@ def append_values(
 ) -> None:
     """Insert rows given as values in the table's column order, for a background write.
 
-    Like `write_values` without upsert, but the database library does the work with the
-    interpreter's lock released: a write on another thread does not take turns with the
-    fold on the main one row by row.
+    Like `write_values` without upsert. On SQLite the rows go as JSON arrays that SQLite
+    reads itself, with the interpreter's lock released, so a write on another thread does
+    not take turns with the fold on the main one row by row; PostgreSQL gets its COPY.
     """
     if rows:
         _bulk(connection).append_values(connection, table, rows)

@@ -92,7 +92,7 @@ _APPEND_CHUNK = 1000
 def append_values(
     connection: sa.Connection, table: sa.Table, rows: Sequence[Sequence[Any]]
 ) -> None:
-    """Insert rows with one statement per few thousand: they travel as one JSON array.
+    """Insert rows with one statement per thousand: they travel as one JSON array.
 
     executemany binds each row in Python, so a writer thread must take the interpreter's
     lock back between rows, which the main thread holds while it folds (up to the switch
