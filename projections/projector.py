@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -72,7 +73,7 @@ def catch_up(
     the writers' lock named `lock` (a rebuild's shadow has its own).
     """
     verify_source(engine, source)
-    with _collecting_at_commits():
+    with _collecting_at_commits(), _quick_handoffs():
         return _catch_up(engine, source, settings, progress, should_stop, lock)
 
 
@@ -95,6 +96,28 @@ def _collecting_at_commits() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+# How long the fold may keep the interpreter's lock from the writer thread (the default
+# is 5 ms).
+_SWITCH_SECONDS = 0.0005
+
+
+@contextmanager
+def _quick_handoffs() -> Iterator[None]:
+    """Let the writer thread have the interpreter's lock back soon after each round trip.
+
+    The ledger's background write makes a few round trips per batch; after each one it
+    needs the lock, which the fold on the main thread holds. At the default switch
+    interval it waited up to 5 ms every time, fell behind, and the next batch's ledger
+    lookup waited for it: a 1M rebuild into PostgreSQL ran 3.5 % faster with 0.5 ms.
+    """
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, _SWITCH_SECONDS))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def _catch_up(

@@ -254,10 +254,10 @@ class Shadow:
         moved = list(READ_MODEL) if self.full else entity_tables(self.projectors)
         with self.live.connect() as connection, connection.begin():
             dialect.lock_writers(connection)
-            connection.exec_driver_sql(f"SET LOCAL search_path TO {shadow}, public")
+            dialect.set_search_path(connection, f"{shadow}, public")
             while one_batch(connection, source, settings)[0] is not None:
                 pass  # the tail that arrived since the build: the shadow now covers the head
-            connection.exec_driver_sql("SET LOCAL search_path TO public")
+            dialect.set_search_path(connection, "public")
             report.rows = self._check(connection, f"{shadow}.")
             views = _dependent_views(connection, moved)
             for table in moved:

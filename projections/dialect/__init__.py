@@ -31,6 +31,11 @@ def fetch_rows(
     return rows
 
 
+def set_search_path(connection: sa.Connection, schemas: str) -> None:
+    """Resolve unqualified table names in `schemas` until the transaction ends (PostgreSQL)."""
+    _postgres.set_search_path(connection, schemas)
+
+
 def fetch_seen(
     connection: sa.Connection, event_ids: Sequence[str], triples: Sequence[tuple[str, str, str]]
 ) -> tuple[set[str], set[tuple[str, str, str]]]:

@@ -107,7 +107,7 @@ def _copy(
     cursor = driver_cursor(connection)
     target = table.name
     # COPY cannot write a table under row-level security: go through a temporary table.
-    staged = upsert or _row_security(cursor, table.name)
+    staged = upsert or _row_security(connection, cursor, table.name)
     if staged:
         target = f"pending_{table.name}"
         cursor.execute(
@@ -168,10 +168,33 @@ class _JsonbBinary(adapt.Dumper):
         return b"\x01" + (obj if isinstance(obj, bytes) else obj.encode())
 
 
-def _row_security(cursor: Any, table: str) -> bool:
-    cursor.execute("SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass(%s)", (table,))
-    found = cursor.fetchone()
-    return bool(found and found[0])
+def _row_security(connection: sa.Connection, cursor: Any, table: str) -> bool:
+    """Whether `table` has row-level security, asked once per table and transaction.
+
+    A batch's background write used to ask before every COPY: a round trip each, after
+    which the writer thread waits for the interpreter's lock again. Once the transaction
+    has written the table, no one can turn the setting over before it ends (ALTER TABLE
+    waits for the lock the write holds). A name resolves anew after `set_search_path`.
+    """
+    transaction = connection.get_transaction()
+    cached = connection.info.get(_ROW_SECURITY)
+    if cached is None or cached[0] is not transaction:
+        cached = connection.info[_ROW_SECURITY] = (transaction, {})
+    known: dict[str, bool] = cached[1]
+    if table not in known:
+        cursor.execute("SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass(%s)", (table,))
+        found = cursor.fetchone()
+        known[table] = bool(found and found[0])
+    return known[table]
+
+
+_ROW_SECURITY = "projections.row_security"  # connection.info: (transaction, {table: bool})
+
+
+def set_search_path(connection: sa.Connection, schemas: str) -> None:
+    """Resolve unqualified names in `schemas` for the rest of the transaction."""
+    connection.exec_driver_sql(f"SET LOCAL search_path TO {schemas}")
+    connection.info.pop(_ROW_SECURITY, None)  # the same names may now be other tables
 
 
 def update_copies(

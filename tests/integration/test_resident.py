@@ -3,6 +3,7 @@ tables equal those of a run that commits and forgets after every batch."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,40 @@ def test_a_failed_background_write_commits_nothing(
     assert database.count("customers") == 0
     assert database.count("processed_events") == 0
     assert database.checkpoints() == {}
+
+
+@pytest.mark.parametrize("failing", [False, True])
+def test_a_run_hands_the_lock_over_quickly_and_restores_the_interval(
+    database: Database, monkeypatch: pytest.MonkeyPatch, failing: bool
+) -> None:
+    """While a run folds, the writer thread gets the interpreter back within 0.5 ms of
+    asking; the process's own switch interval is back when the run ends, failed or not."""
+    path = write_log(
+        database.tmp / "log.ndjson", [ev("CustomerCreated", f"cus_{i}", name="A") for i in range(3)]
+    )
+    real, seen = store.write_records, []
+
+    def writing(*args: Any) -> None:
+        seen.append(sys.getswitchinterval())
+        if failing:
+            raise RuntimeError("disk full")
+        real(*args)
+
+    monkeypatch.setattr(store, "write_records", writing)
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.004)
+    source = NdjsonSource(path)
+    try:
+        if failing:
+            with pytest.raises(RuntimeError, match="disk full"):
+                catch_up(database.engine, source, database.settings(batch_size=1))
+        else:
+            catch_up(database.engine, source, database.settings(batch_size=1))
+        assert sys.getswitchinterval() == pytest.approx(0.004)
+    finally:
+        source.close()
+        sys.setswitchinterval(before)
+    assert seen and all(interval <= 0.0005 for interval in seen)
 
 
 def test_the_ledger_filter_never_forgets_what_it_was_asked_about() -> None:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
 import sqlalchemy as sa
 
 from projections import migrate
+from projections.db import create_engine
 from tests.helpers import Database
 
 
@@ -118,3 +125,87 @@ def test_rows_appended_in_the_background_come_back_unchanged(database: Database)
             )
         ).all()
     assert sorted(tuple(r) for r in found) == sorted(rows)
+
+
+def _ledger_rows(first: int, count: int) -> list[tuple[str, str, str, None, int]]:
+    return [(f"evt_{i:06d}", "contacts", f"con_{i:06d}", None, i) for i in range(first, count)]
+
+
+def test_row_security_is_asked_once_per_table_and_transaction(
+    postgres_database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's background COPY does not ask the catalogue about row-level security each
+    time: once per table and transaction, and again after the search path changes."""
+    from projections import dialect
+    from projections.tables import TABLES
+
+    asked: list[str] = []
+    execute = psycopg.Cursor.execute
+
+    def counting(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        if "relrowsecurity" in str(query):
+            asked.append(str(args[0][0]) if args else "")
+        return execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", counting)
+    ledger, anomalies = TABLES["processed_events"], TABLES["event_anomalies"]
+    anomaly = {
+        "projector": "contacts",
+        "source": "log",
+        "position": 1,
+        "event_id": "evt_x",
+        "event_name": "ContactUpdated",
+        "aggregate_type": "contact",
+        "aggregate_id": "con_x",
+        "kind": "version_gap",
+        "detail": "expected version 1, got 3",
+        "occurred_at": datetime(2026, 1, 1, tzinfo=UTC),
+    }
+    with postgres_database.engine.begin() as connection:
+        for first in (0, 10, 20):
+            dialect.append_values(connection, ledger, _ledger_rows(first, first + 10))
+            dialect.write_rows(connection, anomalies, [anomaly], upsert=False)
+        assert sorted(asked) == ["event_anomalies", "processed_events"]
+        dialect.set_search_path(connection, "public")
+        dialect.append_values(connection, ledger, _ledger_rows(30, 40))
+        assert asked.count("processed_events") == 2
+    with postgres_database.engine.begin() as connection:  # the same pooled connection
+        dialect.append_values(connection, ledger, _ledger_rows(40, 50))
+    assert asked.count("processed_events") == 3
+
+
+def test_row_security_turned_on_between_transactions_is_honoured(
+    postgres_database: Database,
+) -> None:
+    """A writer subject to row-level security enabled after its last transaction goes
+    through the staging table (COPY refuses such a table), not a remembered answer."""
+    from projections import dialect
+    from projections.tables import TABLES
+
+    db, role = postgres_database, f"writer_{uuid.uuid4().hex[:8]}"
+    ledger = TABLES["processed_events"]
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        connection.exec_driver_sql(f"GRANT SELECT, INSERT ON processed_events TO {role}")
+    writer = create_engine(db.url.set(username=role))
+    try:
+        with writer.begin() as connection:
+            dialect.append_values(connection, ledger, _ledger_rows(0, 5))
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE processed_events ENABLE ROW LEVEL SECURITY")
+            connection.exec_driver_sql(
+                f"CREATE POLICY test_writer_all ON processed_events TO {role} "
+                "USING (true) WITH CHECK (true)"
+            )
+        with writer.begin() as connection:  # the same pooled connection as before
+            dialect.append_values(connection, ledger, _ledger_rows(5, 10))
+        with db.engine.connect() as connection:
+            found = connection.execute(sa.text("SELECT count(*) FROM processed_events"))
+            assert found.scalar_one() == 10
+    finally:
+        writer.dispose()
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql("DROP POLICY IF EXISTS test_writer_all ON processed_events")
+            connection.exec_driver_sql("ALTER TABLE processed_events DISABLE ROW LEVEL SECURITY")
+            connection.exec_driver_sql(f"REVOKE ALL ON processed_events FROM {role}")
+            connection.exec_driver_sql(f"DROP ROLE {role}")
