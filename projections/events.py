@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
+import msgspec
 import orjson
 
 from projections import redact
@@ -124,6 +125,18 @@ def decode(position: int, line: bytes, *, strict: bool = False) -> Decoded:
     """Decode and validate one line; never raises for bad input."""
     if len(line) > MAX_LINE_BYTES:
         return _invalid(position, line, "line_too_long", f"line is {len(line)} bytes, over 1 MiB")
+    nul = _may_hold_nul(line)
+    decoded = None if nul else _decode_well_formed(position, line)
+    if decoded is None:
+        deep = nul or line.count(b"{") + line.count(b"[") > MAX_DEPTH
+        return _decode_by_rules(position, line, deep=deep, strict=strict)
+    if (redactor := redact.active()) is not None:
+        redactor.redact_fields(decoded.family.name, decoded.fields, decoded.changes)
+    return decoded
+
+
+def _decode_by_rules(position: int, line: bytes, *, deep: bool, strict: bool) -> Decoded:
+    """Any line, its rules checked one by one: the Event, or the reason of the refusal."""
     try:
         document = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
@@ -133,7 +146,7 @@ def decode(position: int, line: bytes, *, strict: bool = False) -> Decoded:
     if not isinstance(document, dict):
         kind = type(document).__name__
         return _invalid(position, line, "not_an_object", f"a JSON {kind}, not an object")
-    if _needs_deep_check(line):
+    if deep:
         problem = _scan(document)
         if problem is not None:
             return _invalid(position, line, *problem, document=document)
@@ -145,6 +158,96 @@ def decode(position: int, line: bytes, *, strict: bool = False) -> Decoded:
         # --redact-pii: identifying values are hashed before any handler sees them.
         redactor.redact_fields(decoded.family.name, decoded.fields, decoded.changes)
     return decoded
+
+
+_Text = Annotated[str, msgspec.Meta(min_length=1)]
+_Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY)]
+# Values nested at most three containers deep: within MAX_DEPTH by construction, so a
+# line read in one pass needs no count of its brackets; deeper ones go by the rules.
+_Scalar = str | int | float | bool | None
+_Nested1 = _Scalar | list[_Scalar] | dict[str, _Scalar]
+_Nested2 = _Scalar | list[_Nested1] | dict[str, _Nested1]
+_Nested3 = _Scalar | list[_Nested2] | dict[str, _Nested2]
+
+
+class _Envelope(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """The envelope as the rules of SPEC §2 allow it, and the payload object.
+
+    No field is skipped unread (msgspec does not check the UTF-8 or the numbers of a
+    field it skips): a line with any other top-level field is read by `_validate`.
+    A NUL (only ever an escape) is looked for before.
+    """
+
+    event_name: str
+    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EVENT_ID)]
+    aggregate_type: str
+    aggregate_id: _Key
+    occurred_at: str
+    actor: _Text | dict[str, _Nested2]
+    version: Annotated[int, msgspec.Meta(ge=1, le=MAX_VERSION)]
+    idempotency_key: _Key | None = None
+    payload: dict[str, _Nested3] | msgspec.UnsetType = msgspec.UNSET
+    data: dict[str, _Nested3] | msgspec.UnsetType = msgspec.UNSET
+
+
+_read_envelope = msgspec.json.Decoder(_Envelope).decode
+
+
+def _decode_well_formed(position: int, line: bytes) -> Event | None:
+    """The Event of a line that keeps every rule, read in one pass; None for other lines.
+
+    Nearly every line of a log is a valid event with a payload object: msgspec reads and
+    checks its envelope in C, instead of orjson building a dict for `_validate` to take
+    apart (a sixth of the time of `decode`). Whatever this does not accept outright (a
+    broken line, an unknown name, a payload at the top level, other top-level fields, a
+    rule broken) goes through `_validate`, which gives the same Event or says which rule
+    failed: the two must agree, and the tests hold them to it.
+    """
+    try:
+        envelope = _read_envelope(line)
+    except msgspec.MsgspecError:
+        return None
+    name = envelope.event_name
+    family = EVENT_FAMILY.get(name)
+    payload, data, actor = envelope.payload, envelope.data, envelope.actor
+    if payload is msgspec.UNSET:
+        payload, data = data, msgspec.UNSET
+    if (
+        family is None
+        or payload is msgspec.UNSET
+        or data is not msgspec.UNSET  # both: `_validate` takes payload
+        or _AGGREGATE_TYPES.get(envelope.aggregate_type.lower()) != family.aggregate_type
+        or _OCCURRED_AT.match(envelope.occurred_at) is None
+    ):
+        return None
+    try:
+        # orjson reads an integer outside -2**63..2**64-1 as a float, or refuses the line
+        # when the float is infinite; msgspec keeps it whole. orjson writes no such integer.
+        orjson.dumps(payload)
+        if actor.__class__ is dict:
+            orjson.dumps(actor)
+        fields = _fields(name, payload)
+        changes = extra = NO_CHANGES
+        if "changed_fields" in fields:
+            changes, extra = _changes(family, fields["changed_fields"], payload)
+        occurred_at = datetime.fromisoformat(envelope.occurred_at)
+    except (_Reject, ValueError, orjson.JSONEncodeError):
+        return None
+    if fields[family.id_field] != envelope.aggregate_id:
+        return None
+    return Event(
+        position,
+        name,
+        envelope.event_id,
+        family,
+        envelope.aggregate_id,
+        occurred_at,
+        envelope.version,
+        envelope.idempotency_key,
+        fields,
+        changes,
+        extra,
+    )
 
 
 def _invalid(
@@ -181,10 +284,9 @@ def _json_error(exc: orjson.JSONDecodeError) -> tuple[str, str]:
     return "invalid_json", f"not valid JSON: {text}"
 
 
-def _needs_deep_check(line: bytes) -> bool:
-    # Cheap pre-filters: only lines that could hold a NUL or deep nesting are walked.
+def _may_hold_nul(line: bytes) -> bool:
     # A NUL can only come as an escape: most lines hold no backslash at all.
-    return (b"\\" in line and b"\\u0000" in line) or line.count(b"{") + line.count(b"[") > MAX_DEPTH
+    return b"\\" in line and b"\\u0000" in line
 
 
 def _scan(document: Any) -> tuple[str, str] | None:
