@@ -405,7 +405,15 @@ class ProcessedEvent(SQLModel, table=True):
 
     __tablename__ = "processed_events"
     __table_args__ = (
-        sa.Index(None, "projector", "aggregate_id", "idempotency_key"),
+        # Duplicates by key are looked up by a key: rows without one stay out of it.
+        sa.Index(
+            None,
+            "projector",
+            "aggregate_id",
+            "idempotency_key",
+            postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+            sqlite_where=sa.text("idempotency_key IS NOT NULL"),
+        ),
         {"comment": "Events that counted (applied, no-op or anomaly): duplicate detection"},
     )
     event_id: str = _about("event_id of the event", primary_key=True)

@@ -57,7 +57,8 @@ def fetch_seen(
     if triples:
         cursor.execute(
             "SELECT projector, aggregate_id, idempotency_key FROM processed_events "
-            "WHERE (projector, aggregate_id, idempotency_key) IN (SELECT json_extract(value, "
+            "WHERE idempotency_key IS NOT NULL "  # the index holds only these rows
+            "AND (projector, aggregate_id, idempotency_key) IN (SELECT json_extract(value, "
             "'$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?))",
             (orjson.dumps(list(triples)).decode(),),
         )

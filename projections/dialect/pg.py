@@ -61,7 +61,8 @@ def fetch_seen(
         cursor.execute(
             "SELECT p.projector, p.aggregate_id, p.idempotency_key "
             "FROM jsonb_array_elements(%s::text::jsonb) AS k JOIN processed_events AS p "
-            "ON p.projector = k->>0 AND p.aggregate_id = k->>1 AND p.idempotency_key = k->>2",
+            "ON p.projector = k->>0 AND p.aggregate_id = k->>1 AND p.idempotency_key = k->>2 "
+            "AND p.idempotency_key IS NOT NULL",  # the index holds only these rows
             (orjson.dumps(triples).decode(),),
             prepare=False,
         )
