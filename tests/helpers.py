@@ -209,3 +209,22 @@ def cli(
         cwd=cwd,
         timeout=timeout,
     )
+
+
+def partial_idempotency_index(database: Database) -> bool:
+    """Whether the ledger's idempotency index leaves out rows without a key."""
+    name = "ix_processed_events_projector_aggregate_id_idempotency_key"
+    with database.engine.connect() as connection:
+        if database.kind == "postgres":
+            found = connection.execute(
+                sa.text(
+                    "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' AND indexname = :n"
+                ),
+                {"n": name},
+            )
+        else:
+            found = connection.execute(
+                sa.text("SELECT sql FROM sqlite_master WHERE name = :n"), {"n": name}
+            )
+        definition: str = found.scalar_one()
+    return "idempotency_key is not null" in " ".join(definition.lower().replace("(", " ").split())

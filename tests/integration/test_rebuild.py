@@ -25,7 +25,7 @@ from projections.schema import EVENT_FAMILY
 from projections.shadow import RebuildError, Shadow, shadow_rebuild
 from projections.sources.eventlog import EventLogSource
 from projections.sources.ndjson import NdjsonSource
-from tests.helpers import Database, cli, ev, write_log
+from tests.helpers import Database, cli, ev, partial_idempotency_index, write_log
 
 
 def _log(db: Database, events: int, seed: int = 21, name: str = "log.ndjson") -> Path:
@@ -922,3 +922,11 @@ def test_a_lock_file_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> N
     assert blocker.is_dir()  # nothing of the first claimant's was removed
     blocker.rmdir()
     assert cli("rebuild", "--source", str(log), "--database-url", url).returncode == 0
+
+
+def test_a_rebuild_keeps_the_partial_idempotency_index(database: Database) -> None:
+    """The swapped-in ledger's idempotency index still leaves out rows without a key (a
+    shadow builds its indexes anew on PostgreSQL, and SQLite's are dropped around the copy)."""
+    done = _rebuild(database, _log(database, 300))
+    assert done.returncode == 0, done.stderr
+    assert partial_idempotency_index(database)
