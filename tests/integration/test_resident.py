@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from projections import dialect, store
 from projections.config import VersionMode
 from projections.generator import Noise, generate
-from projections.projector import catch_up, rebuild
+from projections.projector import _quick_handoffs, catch_up, rebuild
 from projections.resident import LedgerFilter, Resident
 from projections.sources.ndjson import NdjsonSource
 from tests.helpers import Database, append_log, ev, write_log
@@ -171,6 +171,24 @@ def test_a_run_hands_the_lock_over_quickly_and_restores_the_interval(
         source.close()
         sys.setswitchinterval(before)
     assert seen and all(interval <= 0.0005 for interval in seen)
+
+
+def test_overlapping_runs_put_the_switch_interval_back_when_the_last_ends() -> None:
+    """Runs on several threads (a scheduler's) share the process's interval: the first
+    to end leaves it low for the others, the last one puts the process's own back."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.004)
+    try:
+        first, second = _quick_handoffs(), _quick_handoffs()
+        first.__enter__()
+        second.__enter__()
+        assert sys.getswitchinterval() <= 0.0005
+        first.__exit__(None, None, None)
+        assert sys.getswitchinterval() <= 0.0005  # the second run still folds
+        second.__exit__(None, None, None)
+        assert sys.getswitchinterval() == pytest.approx(0.004)
+    finally:
+        sys.setswitchinterval(before)
 
 
 def test_the_ledger_filter_never_forgets_what_it_was_asked_about() -> None:
