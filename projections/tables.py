@@ -400,6 +400,9 @@ class EventAnomaly(SQLModel, table=True):
     occurred_at: datetime = _timestamp(nullable=False, comment="occurred_at of the event")
 
 
+_WITH_KEY = sa.text("idempotency_key IS NOT NULL")
+
+
 class ProcessedEvent(SQLModel, table=True):
     """An event that counted for its aggregate: the memory behind duplicate detection."""
 
@@ -411,8 +414,8 @@ class ProcessedEvent(SQLModel, table=True):
             "projector",
             "aggregate_id",
             "idempotency_key",
-            postgresql_where=sa.text("idempotency_key IS NOT NULL"),
-            sqlite_where=sa.text("idempotency_key IS NOT NULL"),
+            postgresql_where=_WITH_KEY,
+            sqlite_where=_WITH_KEY,
         ),
         {"comment": "Events that counted (applied, no-op or anomaly): duplicate detection"},
     )
