@@ -99,9 +99,16 @@ class Resident:
         self._writing: Future[None] | None = None
         copied: dict[str, set[str]] = defaultdict(set)  # parent columns children copy
         self._children: dict[str, set[str]] = defaultdict(set)
-        for child, _, parent, columns in COPIES:
+        self._references: dict[str, list[str]] = defaultdict(list)  # child: its reference columns
+        for child, reference, parent, columns in COPIES:
             copied[parent].update(columns.values())
             self._children[parent].add(child)
+            self._references[child].append(reference)
+        # Per child table and reference column: the reference of each row as read from the
+        # database, whose copies were current then (see `_resolve_copies`).
+        self._read_refs: dict[tuple[str, str], dict[Key, Any]] = {
+            (child, reference): {} for child, reference, _, _ in COPIES
+        }
         # Per parent table: how to read the columns children copy off a row.
         self._copied = {parent: attrgetter(*sorted(names)) for parent, names in copied.items()}
 
@@ -150,6 +157,8 @@ class Resident:
         for name in self.rows:
             self.rows[name].clear()
             self.rows[name].complete = self.empty[name] = False
+        for refs in self._read_refs.values():
+            refs.clear()
         self._strings = dict(ENUMERATED)
         if ledger:
             self.ledger = None
@@ -218,6 +227,7 @@ class Resident:
         table = TABLES[name]
         key_columns = [c.name for c in table.primary_key.columns]
         rows = self.rows[name]
+        read_refs = [(ref, self._read_refs[name, ref]) for ref in self._references.get(name, ())]
         for found in dialect.fetch_rows(connection, table, sorted(keys)):
             key: Key = (
                 found[key_columns[0]]
@@ -225,6 +235,8 @@ class Resident:
                 else (found[key_columns[0]], found[key_columns[1]])
             )
             rows[key] = self._shared(name, row_from(name, found))
+            for reference, refs in read_refs:
+                refs[key] = found[reference]
         for key in keys:
             rows.setdefault(key, None)
 
@@ -316,12 +328,21 @@ class Resident:
                         if row is not None and getattr(row, reference) in changed
                     )
                 targets = [(key, children[key]) for key in keys]
-            if not self.rows[parent].complete:
+            # A row read from the database had current copies then. While its reference is
+            # the one it was read with and its parent is not held (so this run has not
+            # changed it), they still are: only rows created or repointed need the parent.
+            partial = not self.rows[parent].complete
+            if partial:
+                read_refs = self._read_refs[child, reference]
                 wanted: set[Key] = set()
-                for _, row in targets:
+                for key, row in targets:
                     if row is not None:
                         ref = getattr(row, reference)
-                        if ref is not None and ref not in parents:
+                        if (
+                            ref is not None
+                            and ref not in parents
+                            and read_refs.get(key, _UNKNOWN) != ref
+                        ):
                             wanted.add(ref)
                 if wanted:
                     self.fetch(connection, parent, wanted)
@@ -329,6 +350,10 @@ class Resident:
                 if row is None:
                     continue
                 ref = getattr(row, reference)
+                if partial:
+                    if ref is not None and ref not in parents:
+                        continue  # read with this reference, parent unchanged: copies current
+                    read_refs.pop(key, None)  # its copies are its held parent's from now on
                 source = parents.get(ref) if ref is not None else None
                 for target, origin in pairs:
                     value = None if source is None else getattr(source, origin)

@@ -10,7 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import Database, ev
+from projections import dialect
+from projections.projector import catch_up
+from projections.sources.ndjson import NdjsonSource
+from tests.helpers import Database, append_log, ev, write_log
 
 BATCH_SIZES = [1, 1000]
 Log = list[dict[str, Any]]
@@ -575,6 +578,62 @@ def test_conversation_created_again_on_another_channel_copies_it(
         batch_size,
     )
     assert copies(database, "cnv_1") == ("email", "b@c.d", None)
+
+
+def test_a_conversation_read_back_reads_no_parent_while_its_references_stay(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later run changing a conversation but not its channel or contact reads neither:
+    the copies it was read with are current, since this run changed no parent."""
+    first = [
+        mapped("chn_1", 1, "prv_1", kind="sms", normalized="111"),
+        contact("con_1", 1, "Ann"),
+        conversation("cnv_1", 1, "chn_1", "con_1"),
+    ]
+    database.project(first)
+    read: list[str] = []
+    real = dialect.fetch_rows
+
+    def recording(connection: Any, table: Any, keys: Any) -> Any:
+        read.append(table.name)
+        return real(connection, table, keys)
+
+    monkeypatch.setattr(dialect, "fetch_rows", recording)
+    database.project(
+        [*first, ev("ConversationUpdated", "cnv_1", 2, changed_fields={"topic": "billing"})]
+    )
+    assert read == ["conversations"]
+    assert value(database, "conversations", "cnv_1", "topic") == "billing"
+    assert copies(database, "cnv_1") == ("sms", "111", "Ann")
+
+
+def test_repointed_and_back_in_later_transactions_copies_the_first_parents_again(
+    database: Database,
+) -> None:
+    """Read back, repointed (one commit), then pointed at the parents it was read with (the
+    next commit of the same run): the copies are those parents' again, not the others'."""
+    first = [
+        mapped("chn_1", 1, "prv_1", kind="sms", normalized="111"),
+        mapped("chn_2", 1, "prv_1", kind="email", normalized="b@c.d"),
+        contact("con_1", 1, "Ann"),
+        contact("con_2", 1, "Bob"),
+        conversation("cnv_1", 1, "chn_1", "con_1"),
+    ]
+    database.project(first)
+    path = write_log(database.tmp / "log.ndjson", first)
+    append_log(
+        path,
+        [conversation("cnv_1", 2, "chn_2", "con_2"), conversation("cnv_1", 3, "chn_1", "con_1")],
+    )
+    source = NdjsonSource(path)
+    try:  # one event per batch, a commit after each: the run holds cnv_1 across both
+        result = catch_up(
+            database.engine, source, database.settings(batch_size=1, commit_seconds=0)
+        )
+    finally:
+        source.close()
+    assert result.counters.applied == 2
+    assert copies(database, "cnv_1") == ("sms", "111", "Ann")
 
 
 @pytest.mark.parametrize("batch_size", BATCH_SIZES)
