@@ -328,7 +328,8 @@ class Resident:
                         if row is not None and getattr(row, reference) in changed
                     )
                 targets = [(key, children[key]) for key in keys]
-            # A row read from the database had current copies then. While its reference is
+            # A row read from the database had current copies then (every write keeps them
+            # so, a one-projector rebuild's swap included). While its reference is
             # the one it was read with and its parent is not held (so this run has not
             # changed it), they still are: only rows created or repointed need the parent.
             partial = not self.rows[parent].complete

@@ -31,6 +31,7 @@ from projections import dialect
 from projections.config import DEFAULT_SHADOW_COMMIT_SECONDS, Settings
 from projections.db import create_engine
 from projections.errors import ProjectionsError
+from projections.fold import COPIES
 from projections.projector import ProgressCallback, RunResult, catch_up, one_batch
 from projections.schema import PROJECTOR_TABLES
 from projections.sources import Source
@@ -269,6 +270,7 @@ class Shadow:
                 connection.exec_driver_sql(f"ALTER TABLE {shadow}.{table} SET SCHEMA public")
             if not self.full:
                 self._merge_shared(connection, f"{shadow}.", "public.")
+                _refresh_copies(connection, moved, "public.", postgres=True)
             for name, definition, options in views:
                 with_options = f" WITH ({', '.join(options)})" if options else ""
                 connection.exec_driver_sql(
@@ -318,6 +320,7 @@ class Shadow:
                         ) from None
             if not self.full:
                 self._merge_shared(connection, "shadow.", "main.")
+                _refresh_copies(connection, tables, "main.", postgres=False)
         return report
 
     def _check(self, connection: sa.Connection, prefix: str) -> dict[str, int]:
@@ -391,6 +394,54 @@ def _deferred_indexes(
                 connection.execute(sa.schema.CreateIndex(index, if_not_exists=True))
             else:
                 connection.execute(sa.schema.DropIndex(index, if_exists=True))
+
+
+def _refresh_copies(
+    connection: sa.Connection, rebuilt: Sequence[str], schema: str, *, postgres: bool
+) -> None:
+    """Set the copies between rebuilt and kept tables from the parents now in place.
+
+    A one-projector rebuild's copies come from the kept parents as they were when it
+    began (live writers may have changed them since), and a rebuilt parent may hold
+    values its kept children never copied (a new version of its projector). Every
+    other write keeps copies current, and later runs rely on it: they do not read the
+    parent of a row whose reference did not change.
+    """
+    for child, reference, parent, columns in COPIES:
+        if child not in rebuilt and parent not in rebuilt:
+            continue
+        (key,) = (c.name for c in TABLES[parent].primary_key.columns)
+        pairs = sorted(columns.items())
+        held = " OR ".join(f"c.{target} IS NOT NULL" for target, _ in pairs)
+        orphans = (
+            f"UPDATE {schema}{child} AS c SET "
+            + ", ".join(f"{target} = NULL" for target, _ in pairs)
+            + f" WHERE ({held}) AND NOT EXISTS "
+            f"(SELECT 1 FROM {schema}{parent} AS p WHERE p.{key} = c.{reference})"
+        )
+        if postgres:  # one join, not a lookup per row and column
+            sets = ", ".join(f"{target} = p.{origin}" for target, origin in pairs)
+            stale = " OR ".join(
+                f"c.{target} IS DISTINCT FROM p.{origin}" for target, origin in pairs
+            )
+            connection.exec_driver_sql(
+                f"UPDATE {schema}{child} AS c SET {sets} FROM {schema}{parent} AS p "
+                f"WHERE p.{key} = c.{reference} AND ({stale})"
+            )
+        else:  # an index lookup per row, in process: no UPDATE … FROM before SQLite 3.33
+            values = {
+                target: f"(SELECT p.{origin} FROM {schema}{parent} AS p "
+                f"WHERE p.{key} = c.{reference})"
+                for target, origin in pairs
+            }
+            sets = ", ".join(f"{target} = {value}" for target, value in values.items())
+            stale = " OR ".join(f"c.{target} IS NOT {value}" for target, value in values.items())
+            connection.exec_driver_sql(
+                f"UPDATE {schema}{child} AS c SET {sets} WHERE EXISTS "
+                f"(SELECT 1 FROM {schema}{parent} AS p WHERE p.{key} = c.{reference}) "
+                f"AND ({stale})"
+            )
+        connection.exec_driver_sql(orphans)
 
 
 def _columns(table: str, without: Sequence[str] = ()) -> str:

@@ -25,7 +25,14 @@ from projections.schema import EVENT_FAMILY
 from projections.shadow import RebuildError, Shadow, shadow_rebuild
 from projections.sources.eventlog import EventLogSource
 from projections.sources.ndjson import NdjsonSource
-from tests.helpers import Database, cli, ev, partial_idempotency_index, write_log
+from tests.helpers import (
+    Database,
+    append_log,
+    cli,
+    ev,
+    partial_idempotency_index,
+    write_log,
+)
 
 
 def _log(db: Database, events: int, seed: int = 21, name: str = "log.ndjson") -> Path:
@@ -102,6 +109,77 @@ def test_one_projector_rebuild_leaves_the_others_untouched(database: Database) -
     ):
         assert after[table] == expected[table], table
     assert _leftovers(database) == []
+
+
+def test_a_one_projector_rebuild_of_a_parent_sets_the_copies_of_kept_children(
+    database: Database,
+) -> None:
+    """rebuild --projector contacts: kept conversations copy the rebuilt display names (as
+    after a new version of the contacts projector); copies between kept tables stay."""
+    log = _log(database, 1500)
+    orphan = ev("ConversationCreated", "cnv_x", 1, channel_id="c", contact_id="n", status="open")
+    append_log(log, [orphan])  # its contact never exists: its copy stays NULL
+    database.project(log, fresh=True)
+    expected = database.snapshot()
+    assert any(r["contact_display_name"] is not None for r in expected["conversations"])
+    contacts = {r["contact_id"] for r in expected["contacts"]}
+    assert any(r["contact_id"] not in contacts for r in expected["conversations"])  # orphans
+    with database.engine.begin() as connection:  # as copied from an older contacts projector
+        connection.execute(
+            sa.text("UPDATE conversations SET contact_display_name = 'old', channel_kind = 'x'")
+        )
+    done = _rebuild(database, log, "--projector", "contacts")
+    assert done.returncode == 0, done.stderr
+    after = database.snapshot()
+    assert {r["channel_kind"] for r in after["conversations"]} == {"x"}  # channels kept
+    for row in after["conversations"]:
+        row["channel_kind"] = None
+    for row in expected["conversations"]:
+        row["channel_kind"] = None
+    assert after["conversations"] == expected["conversations"]
+
+
+def test_a_one_projector_rebuild_copies_parents_changed_while_it_built(
+    database: Database,
+) -> None:
+    """A live run renames a contact while conversations are rebuilt: the rebuilt
+    conversations copy the new name, and keep it when a later run touches them."""
+    first = [
+        ev("ChannelMapped", "chn_1", 1, kind="sms", address="1", normalized="1", provider_id="p"),
+        ev("ContactCreated", "con_1", 1, display_name="Ann"),
+        ev(
+            "ConversationCreated", "cnv_1", 1, channel_id="chn_1", contact_id="con_1", status="open"
+        ),
+    ]
+    path = write_log(database.tmp / "log.ndjson", first)
+    database.project(path)
+
+    def live_rename(*_: Any) -> None:
+        if database.row("contacts", "con_1")["display_name"] == "Ann":  # type: ignore[index]
+            append = [ev("ContactUpdated", "con_1", 2, changed_fields={"display_name": "Bob"})]
+            with path.open("ab") as log:
+                log.write(b"".join(orjson.dumps(e) + b"\n" for e in append))
+            database.project(path)
+
+    source = NdjsonSource(path)
+    try:
+        shadow_rebuild(
+            database.engine,
+            source,
+            database.settings(batch_size=1),
+            projectors=("conversations",),
+            progress=live_rename,
+        )
+    finally:
+        source.close()
+    assert database.row("conversations", "cnv_1")["contact_display_name"] == "Bob"  # type: ignore[index]
+    with path.open("ab") as log:
+        touch = ev("ConversationUpdated", "cnv_1", 2, changed_fields={"topic": "t"})
+        log.write(orjson.dumps(touch) + b"\n")
+    database.project(path)
+    row = database.row("conversations", "cnv_1")
+    assert row is not None
+    assert (row["topic"], row["contact_display_name"]) == ("t", "Bob")
 
 
 def test_unknown_projector_is_a_usage_error(database: Database) -> None:
