@@ -407,41 +407,24 @@ def _refresh_copies(
     other write keeps copies current, and later runs rely on it: they do not read the
     parent of a row whose reference did not change.
     """
+    differs = "IS DISTINCT FROM" if postgres else "IS NOT"
     for child, reference, parent, columns in COPIES:
         if child not in rebuilt and parent not in rebuilt:
             continue
         (key,) = (c.name for c in TABLES[parent].primary_key.columns)
         pairs = sorted(columns.items())
+        sets = ", ".join(f"{target} = p.{origin}" for target, origin in pairs)
+        stale = " OR ".join(f"c.{target} {differs} p.{origin}" for target, origin in pairs)
+        connection.exec_driver_sql(
+            f"UPDATE {schema}{child} AS c SET {sets} FROM {schema}{parent} AS p "
+            f"WHERE p.{key} = c.{reference} AND ({stale})"
+        )
+        cleared = ", ".join(f"{target} = NULL" for target, _ in pairs)
         held = " OR ".join(f"c.{target} IS NOT NULL" for target, _ in pairs)
-        orphans = (
-            f"UPDATE {schema}{child} AS c SET "
-            + ", ".join(f"{target} = NULL" for target, _ in pairs)
-            + f" WHERE ({held}) AND NOT EXISTS "
+        connection.exec_driver_sql(  # no parent (or no reference): NULL copies
+            f"UPDATE {schema}{child} AS c SET {cleared} WHERE ({held}) AND NOT EXISTS "
             f"(SELECT 1 FROM {schema}{parent} AS p WHERE p.{key} = c.{reference})"
         )
-        if postgres:  # one join, not a lookup per row and column
-            sets = ", ".join(f"{target} = p.{origin}" for target, origin in pairs)
-            stale = " OR ".join(
-                f"c.{target} IS DISTINCT FROM p.{origin}" for target, origin in pairs
-            )
-            connection.exec_driver_sql(
-                f"UPDATE {schema}{child} AS c SET {sets} FROM {schema}{parent} AS p "
-                f"WHERE p.{key} = c.{reference} AND ({stale})"
-            )
-        else:  # an index lookup per row, in process: no UPDATE … FROM before SQLite 3.33
-            values = {
-                target: f"(SELECT p.{origin} FROM {schema}{parent} AS p "
-                f"WHERE p.{key} = c.{reference})"
-                for target, origin in pairs
-            }
-            sets = ", ".join(f"{target} = {value}" for target, value in values.items())
-            stale = " OR ".join(f"c.{target} IS NOT {value}" for target, value in values.items())
-            connection.exec_driver_sql(
-                f"UPDATE {schema}{child} AS c SET {sets} WHERE EXISTS "
-                f"(SELECT 1 FROM {schema}{parent} AS p WHERE p.{key} = c.{reference}) "
-                f"AND ({stale})"
-            )
-        connection.exec_driver_sql(orphans)
 
 
 def _columns(table: str, without: Sequence[str] = ()) -> str:

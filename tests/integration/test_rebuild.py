@@ -18,13 +18,15 @@ import pytest
 import sqlalchemy as sa
 
 from projections import migrate
+from projections.fold import COPIES
 from projections.generator import Noise, generate
 from projections.importer import import_log
 from projections.projector import catch_up
-from projections.schema import EVENT_FAMILY
+from projections.schema import EVENT_FAMILY, PROJECTOR_TABLES
 from projections.shadow import RebuildError, Shadow, shadow_rebuild
 from projections.sources.eventlog import EventLogSource
 from projections.sources.ndjson import NdjsonSource
+from projections.tables import TABLES
 from tests.helpers import (
     Database,
     append_log,
@@ -111,32 +113,64 @@ def test_one_projector_rebuild_leaves_the_others_untouched(database: Database) -
     assert _leftovers(database) == []
 
 
-def test_a_one_projector_rebuild_of_a_parent_sets_the_copies_of_kept_children(
-    database: Database,
+def _copies_off_their_parents(db: Database, tables: set[str]) -> list[tuple[Any, ...]]:
+    """Copies between `tables` and their parents or children that are not the parent's
+    value (NULL without a parent)."""
+    wrong = []
+    for child, reference, parent, columns in COPIES:
+        if child not in tables and parent not in tables:
+            continue
+        parents = {r[reference]: r for r in db.rows(parent)}  # keyed by the same column
+        for row in db.rows(child):
+            found = parents.get(row[reference])
+            for target, origin in columns.items():
+                want = None if found is None else found[origin]
+                if row[target] != want:
+                    wrong.append((child, row[reference], target, row[target], want))
+    return wrong
+
+
+@pytest.mark.parametrize(
+    "projectors",
+    [("providers",), ("channels",), ("contacts",), ("conversations",), ("providers", "channels")],
+)
+def test_a_one_projector_rebuild_sets_every_copy_between_its_tables_and_the_kept_ones(
+    database: Database, projectors: tuple[str, ...]
 ) -> None:
-    """rebuild --projector contacts: kept conversations copy the rebuilt display names (as
-    after a new version of the contacts projector); copies between kept tables stay."""
+    """Copies as an older version of a projector left them, and orphans: after
+    rebuild --projector, every copy to or from a rebuilt table is its parent's value."""
     log = _log(database, 1500)
-    orphan = ev("ConversationCreated", "cnv_x", 1, channel_id="c", contact_id="n", status="open")
-    append_log(log, [orphan])  # its contact never exists: its copy stays NULL
+    append_log(  # parents that never exist: their copies stay NULL
+        log,
+        [
+            ev("ConversationCreated", "cnv_x", 1, channel_id="c", contact_id="n", status="open"),
+            ev(
+                "ChannelMapped",
+                "chn_x",
+                1,
+                kind="sms",
+                address="1",
+                normalized="1",
+                provider_id="p",
+            ),
+        ],
+    )
     database.project(log, fresh=True)
-    expected = database.snapshot()
-    assert any(r["contact_display_name"] is not None for r in expected["conversations"])
-    contacts = {r["contact_id"] for r in expected["contacts"]}
-    assert any(r["contact_id"] not in contacts for r in expected["conversations"])  # orphans
-    with database.engine.begin() as connection:  # as copied from an older contacts projector
+    everything = set(TABLES)
+    assert _copies_off_their_parents(database, everything) == []
+    with database.engine.begin() as connection:
         connection.execute(
-            sa.text("UPDATE conversations SET contact_display_name = 'old', channel_kind = 'x'")
+            sa.text(
+                "UPDATE conversations SET contact_display_name = 'old', channel_kind = 'x', "
+                "channel_address = 'y'"
+            )
         )
-    done = _rebuild(database, log, "--projector", "contacts")
+        connection.execute(sa.text("UPDATE channel_mappings SET provider_kind = 'z'"))
+    assert _copies_off_their_parents(database, everything) != []
+    done = _rebuild(database, log, *(a for p in projectors for a in ("--projector", p)))
     assert done.returncode == 0, done.stderr
-    after = database.snapshot()
-    assert {r["channel_kind"] for r in after["conversations"]} == {"x"}  # channels kept
-    for row in after["conversations"]:
-        row["channel_kind"] = None
-    for row in expected["conversations"]:
-        row["channel_kind"] = None
-    assert after["conversations"] == expected["conversations"]
+    rebuilt = {t for p in projectors for t in PROJECTOR_TABLES[p]}
+    assert _copies_off_their_parents(database, rebuilt) == []
 
 
 def test_a_one_projector_rebuild_copies_parents_changed_while_it_built(
