@@ -58,9 +58,12 @@ _INDEXED: Final = frozenset(
 )
 
 
-@dataclass(slots=True)
-class Event:
-    """A valid event of one of the 21 known names, ready to be folded."""
+class Event(msgspec.Struct, gc=False):
+    """A valid event of one of the 21 known names, ready to be folded.
+
+    A struct rather than a dataclass: made once per event, and msgspec makes it in C
+    (0.2 µs instead of 0.5). Untracked by the collector: nothing it holds refers back.
+    """
 
     position: int
     name: str
