@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
@@ -29,10 +28,24 @@ MAX_KEY: Final = 255  # identifiers and other indexed values: PostgreSQL caps in
 MAX_VERSION: Final = 2**63 - 1  # the widest integer either database can store
 _BACKSLASH: Final = ord("\\")
 
-_OCCURRED_AT = re.compile(  # no capture groups: a third faster, and nothing reads them
-    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|\+00:00)\Z",
-    re.ASCII,  # \d must not match other scripts' digits
+# occurred_at is `YYYY-MM-DDTHH:MM:SS`, then 1 to 9 fraction digits or none, then `Z` or
+# `+00:00`, in ASCII digits: one of these 20 shapes once every digit is made a 0. Checked
+# this way (a few C calls), it takes half the time of the equivalent regular expression.
+_TIMESTAMP_SHAPES: Final = frozenset(
+    f"0000-00-00T00:00:00{fraction}{zone}".encode()
+    for fraction in ("", *("." + "0" * n for n in range(1, 10)))
+    for zone in ("Z", "+00:00")
 )
+_DIGITS_TO_ZERO: Final = bytes.maketrans(b"0123456789", b"0" * 10)
+
+
+def _timestamp_shaped(value: str) -> bool:
+    """Whether `value` has the shape SPEC §2 gives occurred_at (its fields are not checked)."""
+    shape = value.encode("utf-8", "surrogatepass").translate(_DIGITS_TO_ZERO)
+    # The shape of `+00:00` is also that of any other offset: that one is read as written.
+    return shape in _TIMESTAMP_SHAPES and (value[-1] == "Z" or value.endswith("+00:00"))
+
+
 _AGGREGATE_TYPES: Final = {f.aggregate_type.lower(): f.aggregate_type for f in FAMILIES}
 # Every allowed value of an enumerated field, as one string object: each row that holds
 # "open" or "sms" holds this object, not the copy of the event that set it.
@@ -225,8 +238,11 @@ def _decode_well_formed(position: int, line: bytes) -> Event | None:
         family is None
         or payload is msgspec.UNSET
         or data is not msgspec.UNSET  # both: `_validate` takes payload
-        or _AGGREGATE_TYPES.get(envelope.aggregate_type.lower()) != family.aggregate_type
-        or _OCCURRED_AT.match(envelope.occurred_at) is None
+        or (
+            envelope.aggregate_type != family.aggregate_type  # as written, or in any case
+            and _AGGREGATE_TYPES.get(envelope.aggregate_type.lower()) != family.aggregate_type
+        )
+        or not _timestamp_shaped(envelope.occurred_at)
     ):
         return None
     try:
@@ -407,13 +423,12 @@ def parse_occurred_at(value: Any) -> datetime:
         raise _Reject("missing_field", "occurred_at is missing")
     if not isinstance(value, str):
         raise _Reject("invalid_occurred_at", "occurred_at must be a string")
-    match = _OCCURRED_AT.match(value)
-    if match is None:
+    if not _timestamp_shaped(value):
         raise _Reject(
             "invalid_occurred_at", f"occurred_at {value[:64]!r} is not ISO-8601 UTC (Z or +00:00)"
         )
     try:
-        # The pattern has checked the shape; fromisoformat keeps the first six fraction digits.
+        # The shape is checked; fromisoformat keeps the first six fraction digits.
         return datetime.fromisoformat(value)
     except ValueError as exc:
         raise _Reject("invalid_occurred_at", f"occurred_at {value!r}: {exc}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,7 @@ from projections.events import (
     _decode_by_rules,
     _decode_well_formed,
     _may_hold_nul,
+    _timestamp_shaped,
     decode,
 )
 from tests.helpers import ev
@@ -750,6 +752,43 @@ def test_occurred_at_is_timezone_aware_utc() -> None:
     assert isinstance(result, Event)
     assert result.occurred_at.utcoffset() is not None
     assert result.occurred_at.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+
+
+# SPEC §2's form of occurred_at, as a pattern: the decoder checks the same shape otherwise.
+_SPEC_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|\+00:00)", re.ASCII)
+_TIMESTAMP_CHARACTERS = "0123456789-:.TtZz+ _\n٢\ud800é"
+
+
+@settings(max_examples=500)
+@given(
+    base=st.sampled_from(["2025-06-01T12:30:45", "2025-06-01T12:30:45.123456789"]),
+    zone=st.sampled_from(["Z", "+00:00", "z", "-00:00", "+0000", ""]),
+    edits=st.lists(
+        st.tuples(st.integers(0, 40), st.sampled_from(["set", "insert", "delete"])),
+        max_size=3,
+    ),
+    character=st.sampled_from(_TIMESTAMP_CHARACTERS),
+)
+def test_the_timestamp_shape_is_the_spec_pattern(
+    base: str, zone: str, edits: list[tuple[int, str]], character: str
+) -> None:
+    """Valid timestamps edited a character at a time: the shape check is the pattern."""
+    text = base + zone
+    for where, how in edits:
+        where = min(where, len(text))
+        if how == "insert":
+            text = text[:where] + character + text[where:]
+        elif how == "set":
+            text = text[:where] + character + text[where + 1 :]
+        else:
+            text = text[:where] + text[where + 1 :]
+    assert _timestamp_shaped(text) == (_SPEC_TIMESTAMP.fullmatch(text) is not None), text
+
+
+@given(st.text(alphabet=_TIMESTAMP_CHARACTERS, max_size=40))
+def test_the_timestamp_shape_refuses_what_the_pattern_refuses(text: str) -> None:
+    """Any text of the characters a timestamp holds and a few more."""
+    assert _timestamp_shaped(text) == (_SPEC_TIMESTAMP.fullmatch(text) is not None), text
 
 
 @pytest.mark.parametrize(
