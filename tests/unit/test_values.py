@@ -37,3 +37,17 @@ def test_a_sqlite_timestamp_keeps_whole_seconds_to_six_digits(value: datetime) -
     """An instant without microseconds still has its six fraction digits."""
     text = _sqlite_timestamp(value.replace(microsecond=0, tzinfo=UTC))
     assert text.endswith(".000000+00:00"), text
+
+
+class _TestClock(datetime):
+    """A datetime subclass, as test clocks and date libraries hand out."""
+
+
+@given(
+    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=_zones)
+)
+def test_a_sqlite_timestamp_of_a_datetime_subclass_is_the_same_text(value: datetime) -> None:
+    """A subclass of datetime is written as the datetime itself would be."""
+    instant = _TestClock.fromtimestamp(value.timestamp(), value.tzinfo)
+    assert type(instant) is _TestClock
+    assert _sqlite_timestamp(instant) == _sqlite_timestamp(value)
