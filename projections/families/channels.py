@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from projections.batch import Pending
 from projections.events import Event
-from projections.families.common import APPLIED, Handler, Outcome, apply_changes, entity, set_status
+from projections.families.common import (
+    APPLIED,
+    Handler,
+    Outcome,
+    apply_changes,
+    entity,
+    parent_key,
+    set_status,
+)
 
-_MAPPED_FIELDS = ("kind", "address", "normalized", "provider_id")
+_MAPPED_FIELDS = ("kind", "address", "normalized")
 
 
 def on_channel_mapped(state: Pending, event: Event) -> Outcome:
@@ -14,14 +22,22 @@ def on_channel_mapped(state: Pending, event: Event) -> Outcome:
     row = entity(state, event)
     for name in _MAPPED_FIELDS:
         setattr(row, name, event.fields[name])
+    row.provider_id = _provider(state, event.fields["provider_id"])
     set_status(state, row, "mapped", event)
     return APPLIED
 
 
 def on_channel_updated(state: Pending, event: Event) -> Outcome:
     """The channel's changed fields are applied."""
-    apply_changes(entity(state, event), event)
+    row = entity(state, event)
+    apply_changes(row, event)
+    if "provider_id" in event.changes and (provider_id := row.provider_id) is not None:
+        row.provider_id = _provider(state, provider_id)
     return APPLIED
+
+
+def _provider(state: Pending, provider_id: str) -> str:
+    return parent_key(state, "providers", "provider_id", provider_id)
 
 
 def on_channel_unmapped(state: Pending, event: Event) -> Outcome:

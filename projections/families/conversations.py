@@ -13,6 +13,7 @@ from projections.families.common import (
     apply_changes,
     entity,
     illegal,
+    parent_key,
     set_status,
 )
 
@@ -31,8 +32,8 @@ def on_conversation_created(state: Pending, event: Event) -> Outcome:
     if (refused := _archived(state, event)) is not None:
         return refused
     row = entity(state, event)
-    row.channel_id = event.fields["channel_id"]
-    row.contact_id = event.fields["contact_id"]
+    row.channel_id = parent_key(state, "channel_mappings", "channel_id", event.fields["channel_id"])
+    row.contact_id = parent_key(state, "contacts", "contact_id", event.fields["contact_id"])
     if "topic" in event.fields:
         row.topic = event.fields["topic"]
     status = event.fields["status"]

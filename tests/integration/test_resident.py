@@ -318,3 +318,35 @@ def test_rows_hold_one_string_per_repeated_value(
             assert all(len(ids) == 1 for ids in objects.values()), (name, column)
             repeated += sum(1 for count in holders.values() if count > 1)
     assert repeated > 20
+
+
+def test_child_rows_hold_their_parents_key_strings(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conversation holds its channel's and contact's own id strings, a channel its
+    provider's: not the copies its events brought, one more string per reference."""
+    from projections import projector
+
+    runs: list[Resident] = []
+
+    class Recorded(Resident):
+        def __init__(self) -> None:
+            super().__init__()
+            runs.append(self)
+
+    monkeypatch.setattr(projector, "Resident", Recorded)
+    path = write_log(database.tmp / "log.ndjson", generate(400, seed=7, noise=Noise.default()))
+    _work(database, path, rebuild)
+    held = runs[-1].rows
+    shared = 0
+    for child, reference, parent in (
+        ("conversations", "channel_id", "channel_mappings"),
+        ("conversations", "contact_id", "contacts"),
+        ("channel_mappings", "provider_id", "providers"),
+    ):
+        for row in held[child].values():
+            key = None if row is None else getattr(row, reference)
+            if key is not None and (owner := held[parent].get(key)) is not None:
+                assert key is getattr(owner, reference), (child, reference, key)
+                shared += 1
+    assert shared > 50
