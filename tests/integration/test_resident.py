@@ -35,6 +35,21 @@ def _work(database: Database, path: Path, work: Any, **options: Any) -> dict[str
     return database.snapshot()
 
 
+def _record_runs(monkeypatch: pytest.MonkeyPatch) -> list[Resident]:
+    """The Resident of every run from now on, in order, to look at what it held."""
+    from projections import projector
+
+    runs: list[Resident] = []
+
+    class Recorded(Resident):
+        def __init__(self) -> None:
+            super().__init__()
+            runs.append(self)
+
+    monkeypatch.setattr(projector, "Resident", Recorded)
+    return runs
+
+
 @PROPERTY_SETTINGS
 @given(
     n=st.integers(min_value=30, max_value=300),
@@ -283,16 +298,7 @@ def test_rows_hold_one_string_per_repeated_value(
     Every event brings its own copy of such a string; rows held for a whole run must not
     keep one each. `first` events are committed before the run, which then reads rows back.
     """
-    from projections import projector
-
-    runs: list[Resident] = []
-
-    class Recorded(Resident):
-        def __init__(self) -> None:
-            super().__init__()
-            runs.append(self)
-
-    monkeypatch.setattr(projector, "Resident", Recorded)
+    runs = _record_runs(monkeypatch)
     lines = list(generate(400, seed=7, noise=Noise.default()))
     path = write_log(database.tmp / "log.ndjson", lines[:first])
     _work(database, path, rebuild)
@@ -325,16 +331,7 @@ def test_child_rows_hold_their_parents_key_strings(
 ) -> None:
     """A conversation holds its channel's and contact's own id strings, a channel its
     provider's: not the copies its events brought, one more string per reference."""
-    from projections import projector
-
-    runs: list[Resident] = []
-
-    class Recorded(Resident):
-        def __init__(self) -> None:
-            super().__init__()
-            runs.append(self)
-
-    monkeypatch.setattr(projector, "Resident", Recorded)
+    runs = _record_runs(monkeypatch)
     path = write_log(database.tmp / "log.ndjson", generate(400, seed=7, noise=Noise.default()))
     _work(database, path, rebuild)
     held = runs[-1].rows
