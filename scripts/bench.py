@@ -845,16 +845,18 @@ def judge(
     """Every target of the issue, PASS / FAIL / not measured."""
     verdicts: list[Verdict] = []
 
+    floor = results["floor"]
+
     def eps(name: str, bound: float, title: str) -> None:
         m = results[name]
         if not m.seconds:
             verdicts.append(Verdict(title, None, f">= {bound:,.0f} events/s", None))
             return
-        verdicts.append(
-            Verdict(
-                title, m.eps, f">= {bound:,.0f} events/s", m.eps >= bound, f"{m.eps:,.0f} events/s"
-            )
-        )
+        detail = f"{m.eps:,.0f} events/s"
+        if name.startswith("rebuild") and floor.seconds and floor.eps < bound:
+            # No rebuild outruns parsing the log and writing its rows: say so beside the miss.
+            detail += f"; the physical floor (PostgreSQL) ran at {floor.eps:,.0f} events/s"
+        verdicts.append(Verdict(title, m.eps, f">= {bound:,.0f} events/s", m.eps >= bound, detail))
 
     eps("rebuild-pg", TARGETS["rebuild_pg_eps"], "rebuild -> PostgreSQL throughput")
     if ratios["floor"]:
