@@ -16,8 +16,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -29,6 +30,7 @@ from projections import dialect, store
 from projections.config import normalise_url
 from projections.generator import Noise, generate
 from projections.store import PROJECTORS
+from projections.tables import TABLES
 from tests.conftest import ADMIN_URL
 from tests.helpers import Database, cli
 
@@ -89,14 +91,34 @@ def _drop_leftovers(database: Database) -> None:
             connection.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
-def _kill_after(args: list[str], delay: float, commit_seconds: str) -> tuple[bool, int, str]:
-    """Start `python -m projections ARGS`, SIGKILL it after `delay` s unless it has ended."""
+def _committed(database: Database) -> bool:
+    """Whether any checkpoint has moved: a run has committed at least one batch."""
+    table = TABLES["projection_checkpoints"]
+    # read_only: on SQLite a plain transaction would take the write lock from the run.
+    with database.engine.connect().execution_options(read_only=True) as connection:
+        return bool(connection.execute(sa.select(sa.func.max(table.c.position))).scalar())
+
+
+def _kill_after(
+    args: list[str],
+    delay: float,
+    commit_seconds: str,
+    committed: Callable[[], bool] | None = None,
+) -> tuple[bool, int, str]:
+    """Start `python -m projections ARGS`, SIGKILL it after `delay` s unless it has ended.
+
+    With `committed`, the delay counts from the moment it first answers true (polled),
+    so the kill lands after a commit, however long the process took to start.
+    """
     process = subprocess.Popen(
         [sys.executable, "-m", "projections", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "PROJECTIONS_COMMIT_SECONDS": commit_seconds},
     )
+    if committed is not None:
+        while process.poll() is None and not committed():
+            time.sleep(0.01)
     time.sleep(delay)
     killed = process.poll() is None
     if killed:
@@ -141,17 +163,22 @@ def test_a_process_killed_at_any_instant_then_run_equals_an_uninterrupted_rebuil
             # Some kills come early (start-up, the first batches), the rest anywhere, a few
             # rebuilds near their swap. Reading, decoding and writing a batch all happen
             # inside its transaction, so nearly every instant after start-up lies in one.
+            committed = None
             if trial % 4 == 1:
                 delay = rng.uniform(0.6 * startup, startup + 0.8)
             elif verb == "rebuild":
                 delay = rng.uniform(0.15, 1.05) * duration
             else:
-                delay = rng.uniform(0.15, 0.95) * duration
+                # After its first commit, at a random instant: a delay timed from the
+                # start could fall in start-up on a busy machine, and no kill would test
+                # a run that had committed part of the log.
+                delay = rng.uniform(0.0, 0.3)
+                committed = partial(_committed, database)
             # Runs commit every batch or every 0.1 s, so kills land between commits; a
             # rebuild may also hold everything in one transaction (the default).
             commit = rng.choice(["0", "0.1"] if verb == "run" else ["0", "30"])
             args = [verb, *source, database.url_text, "--batch-size", str(batch)]
-            killed, code, stderr = _kill_after(args, delay, commit)
+            killed, code, stderr = _kill_after(args, delay, commit, committed)
             context = (
                 f"seed {seed}, trial {trial}: {verb}, batch {batch}, commit every {commit}s, "
                 f"delay {delay:.2f}s"
@@ -178,5 +205,5 @@ def test_a_process_killed_at_any_instant_then_run_equals_an_uninterrupted_rebuil
     finally:
         _drop_leftovers(database)
 
-    partial = [o for o in outcomes if o[0] == "run" and o[3] is not None and 0 < o[3] < EVENTS]
-    assert partial, f"seed {seed}: no kill landed in the middle of a run: {outcomes}"
+    midway = [o for o in outcomes if o[0] == "run" and o[3] is not None and 0 < o[3] < EVENTS]
+    assert midway, f"seed {seed}: no kill landed in the middle of a run: {outcomes}"
